@@ -1,0 +1,342 @@
+"""Grammar nodes -> byte NFA -> trimmed byte DFA (the regular path).
+
+The NFA is built in continuation-passing style (Thompson construction where each node is compiled
+*before a known continuation state*), memoized on ``(node, continuation)``: a node object that
+reappears with the same continuation shares its states. The JSON Schema compiler relies on this,
+e.g. "the remaining properties" automata for any-order objects are shared instead of copied.
+
+The DFA is the subset construction over byte intervals, trimmed to states from which an accepting
+state is reachable (so every live state can still finish: a mask never allows a dead end). It is a
+dense ``int32`` table ``trans[state, byte]`` (-1 = dead) and a boolean ``accepting`` vector; state 0
+is the start state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from grammars.errors import EmptyLanguageError, GrammarTooLargeError
+from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
+
+__all__ = ["NotRegularError", "Dfa", "build_dfa", "dfa_of", "product", "DEFAULT_MAX_STATES"]
+
+DEFAULT_MAX_STATES = 200_000
+
+
+class NotRegularError(Exception):
+    """The grammar is recursive: it needs the context-free path."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        super().__init__(f"rule {rule!r} is recursive")
+
+
+class _Nfa:
+    """States 0..n-1; state 0 is the final state. ``eps[s]``: epsilon targets; ``edges[s]``: (lo, hi, t)."""
+
+    def __init__(self, max_states: int) -> None:
+        self.eps: list[list[int]] = [[]]
+        self.edges: list[list[tuple[int, int, int]]] = [[]]
+        self.max_states = max_states
+
+    def new(self) -> int:
+        if len(self.eps) >= self.max_states * 8:
+            raise GrammarTooLargeError(
+                f"the grammar's automaton exceeds {self.max_states * 8} NFA states"
+            )
+        self.eps.append([])
+        self.edges.append([])
+        return len(self.eps) - 1
+
+
+class _Builder:
+    def __init__(self, rules: Rules, max_states: int) -> None:
+        self.rules = rules.rules
+        self.nfa = _Nfa(max_states)
+        self.memo: dict[tuple[int, int], int] = {}
+        self.placeholders: dict[tuple[str, int], int] = {}
+        self.keep: list[Node] = []  # keep nodes alive so ids stay unique
+        self.active: dict[str, int] = {}
+
+    def build(self, node: Node, cont: int) -> int:
+        key = (id(node), cont)
+        s = self.memo.get(key)
+        if s is not None:
+            return s
+        s = self._build(node, cont)
+        self.memo[key] = s
+        self.keep.append(node)
+        return s
+
+    def _build(self, node: Node, cont: int) -> int:
+        nfa = self.nfa
+        if isinstance(node, Lit):
+            s = cont
+            for b in reversed(node.data):
+                t = nfa.new()
+                nfa.edges[t].append((b, b, s))
+                s = t
+            return s
+        if isinstance(node, Bytes):
+            t = nfa.new()
+            nfa.edges[t].extend((lo, hi, cont) for lo, hi in node.ranges)
+            return t
+        if isinstance(node, Seq):
+            s = cont
+            for item in reversed(node.items):
+                s = self.build(item, s)
+            return s
+        if isinstance(node, Alt):
+            t = nfa.new()
+            nfa.eps[t].extend(self.build(item, cont) for item in node.items)
+            return t
+        if isinstance(node, Repeat):
+            s = cont
+            if node.hi is None:
+                loop = nfa.new()
+                body = self.build(node.item, loop)
+                nfa.eps[loop].extend((body, cont))
+                s = loop
+            else:
+                for _ in range(node.hi - node.lo):
+                    t = nfa.new()
+                    nfa.eps[t].extend((self.build(node.item, s), cont))
+                    s = t
+            for _ in range(node.lo):
+                s = self.build(node.item, s)
+            return s
+        if isinstance(node, Ref):
+            # Right-linear recursion (the rule recurs only in tail position, i.e. with the same
+            # continuation) is regular: the placeholder state closes the loop. Any other
+            # recursion needs the context-free path.
+            key = (node.name, cont)
+            placeholder = self.placeholders.get(key)
+            if placeholder is not None:
+                return placeholder
+            if node.name in self.active:
+                raise NotRegularError(node.name)
+            if node.name not in self.rules:
+                from grammars.errors import InvalidGrammarError
+
+                raise InvalidGrammarError("undefined rule", rule=node.name)
+            p = nfa.new()
+            self.placeholders[key] = p
+            self.active[node.name] = cont
+            try:
+                nfa.eps[p].append(self.build(self.rules[node.name], cont))
+            finally:
+                del self.active[node.name]
+                del self.placeholders[key]
+            return p
+        if isinstance(node, Automaton):
+            n = node.trans.shape[0]
+            base = [nfa.new() for _ in range(n)]
+            for s in range(n):
+                row = node.trans[s]
+                if node.accepting[s]:
+                    nfa.eps[base[s]].append(cont)
+                b = 0
+                while b < 256:
+                    t = int(row[b])
+                    e = b
+                    while e + 1 < 256 and row[e + 1] == t:
+                        e += 1
+                    if t >= 0:
+                        nfa.edges[base[s]].append((b, e, base[t]))
+                    b = e + 1
+            return base[0]
+        raise TypeError(f"unknown node {type(node).__name__}")
+
+
+@dataclass
+class Dfa:
+    """A trimmed byte DFA: ``trans`` int32 (n_states, 256) with -1 = dead; state 0 = start."""
+
+    trans: np.ndarray
+    accepting: np.ndarray
+
+    @property
+    def n_states(self) -> int:
+        return int(self.trans.shape[0])
+
+    def walk(self, state: int, data: bytes) -> int:
+        """State after ``data`` from ``state`` (-1 once dead)."""
+        trans = self.trans
+        for b in data:
+            if state < 0:
+                return -1
+            state = int(trans[state, b])
+        return state
+
+    def matches(self, data: bytes) -> bool:
+        s = self.walk(0, data)
+        return s >= 0 and bool(self.accepting[s])
+
+
+def _closure_fn(nfa: _Nfa):  # noqa: ANN202
+    eps, edges = nfa.eps, nfa.edges
+    memo: dict[int, frozenset[int]] = {}
+
+    def closure(s: int) -> frozenset[int]:
+        r = memo.get(s)
+        if r is not None:
+            return r
+        out: set[int] = set()
+        stack = [s]
+        seen = {s}
+        while stack:
+            x = stack.pop()
+            if edges[x] or x == 0:
+                out.add(x)
+            for y in eps[x]:
+                if y not in seen:
+                    seen.add(y)
+                    stack.append(y)
+        r = frozenset(out)
+        memo[s] = r
+        return r
+
+    return closure
+
+
+def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
+    """Subset construction of the grammar's start rule. Raises NotRegularError if recursive,
+    EmptyLanguageError if it matches nothing, GrammarTooLargeError past ``max_states``."""
+    from grammars.ir import Ref as _Ref
+
+    b = _Builder(rules, max_states)
+    start = b.build(_Ref(rules.start), 0)
+    nfa = b.nfa
+    closure = _closure_fn(nfa)
+    edges = nfa.edges
+
+    def close(targets: frozenset[int] | set[int]) -> frozenset[int]:
+        out: set[int] = set()
+        for t in targets:
+            out |= closure(t)
+        return frozenset(out)
+
+    start_set = close({start})
+    ids: dict[frozenset[int], int] = {start_set: 0}
+    sets: list[frozenset[int]] = [start_set]
+    rows: list[np.ndarray] = []
+    by_targets: dict[frozenset[int], int] = {}
+    i = 0
+    while i < len(sets):
+        cur = sets[i]
+        row = np.full(256, -1, dtype=np.int32)
+        es = [e for s in cur for e in edges[s]]
+        if es:
+            points = sorted({e[0] for e in es} | {e[1] + 1 for e in es})
+            for a, nxt in zip(points, points[1:]):
+                tg = frozenset(t for lo, hi, t in es if lo <= a <= hi)
+                if not tg:
+                    continue
+                j = by_targets.get(tg)
+                if j is None:
+                    cl = close(tg)
+                    j = ids.get(cl)
+                    if j is None:
+                        j = len(sets)
+                        if j >= max_states:
+                            raise GrammarTooLargeError(
+                                f"the grammar's DFA exceeds {max_states} states"
+                            )
+                        ids[cl] = j
+                        sets.append(cl)
+                    by_targets[tg] = j
+                row[a:nxt] = j
+        rows.append(row)
+        i += 1
+    trans = np.stack(rows) if rows else np.full((1, 256), -1, dtype=np.int32)
+    accepting = np.array([0 in s for s in sets], dtype=bool)
+    return _trim(trans, accepting)
+
+
+def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
+    n = trans.shape[0]
+    # reverse reachability from accepting states
+    src, byte = np.nonzero(trans >= 0)
+    dst = trans[src, byte]
+    order = np.argsort(dst, kind="stable")
+    src_sorted = src[order]
+    dst_sorted = dst[order]
+    starts = np.searchsorted(dst_sorted, np.arange(n + 1))
+    live = accepting.copy()
+    stack = list(np.nonzero(accepting)[0])
+    while stack:
+        x = stack.pop()
+        for y in src_sorted[starts[x] : starts[x + 1]]:
+            if not live[y]:
+                live[y] = True
+                stack.append(int(y))
+    if not live[0]:
+        raise EmptyLanguageError("the grammar matches no string")
+    # forward reachability from 0 through live states, renumber in BFS order
+    new_id = np.full(n, -1, dtype=np.int64)
+    new_id[0] = 0
+    order_list = [0]
+    k = 0
+    while k < len(order_list):
+        x = order_list[k]
+        k += 1
+        for y in np.unique(trans[x]):
+            if y >= 0 and live[y] and new_id[y] < 0:
+                new_id[y] = len(order_list)
+                order_list.append(int(y))
+    keep = np.array(order_list)
+    t = trans[keep]
+    mapped = np.where(t >= 0, new_id[np.maximum(t, 0)], -1)
+    mapped = np.where((t >= 0) & live[np.maximum(t, 0)], mapped, -1).astype(np.int32)
+    return Dfa(trans=np.ascontiguousarray(mapped), accepting=accepting[keep].copy())
+
+
+def dfa_of(node: Node, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
+    """The trimmed DFA of a single node (no rules)."""
+    return build_dfa(Rules({"start": node}, "start"), max_states=max_states)
+
+
+def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_STATES) -> Dfa:
+    """Product automaton: ``op="and"`` intersection, ``op="diff"`` a minus b.
+
+    Raises EmptyLanguageError if the result is empty.
+    """
+    na, nb = a.n_states, b.n_states
+    dead_b = nb  # b's implicit dead state
+    tb = np.vstack([b.trans, np.full((1, 256), -1, dtype=np.int32)])
+    tb = np.where(tb < 0, dead_b, tb)
+    acc_b = np.append(b.accepting, False)
+    ids: dict[int, int] = {0: 0}
+    pairs: list[int] = [0]
+    rows: list[np.ndarray] = []
+    i = 0
+    while i < len(pairs):
+        pa, pb = divmod(pairs[i], nb + 1)
+        na_row = a.trans[pa]
+        nb_row = tb[pb]
+        if op == "and":
+            ok = (na_row >= 0) & (nb_row != dead_b)
+        else:
+            ok = na_row >= 0
+        keys = np.where(ok, na_row.astype(np.int64) * (nb + 1) + nb_row, -1)
+        row = np.full(256, -1, dtype=np.int32)
+        for k in np.unique(keys[ok]):
+            j = ids.get(int(k))
+            if j is None:
+                j = len(pairs)
+                if j >= max_states:
+                    raise GrammarTooLargeError(f"automaton product exceeds {max_states} states")
+                ids[int(k)] = j
+                pairs.append(int(k))
+            row[keys == k] = j
+        rows.append(row)
+        i += 1
+    pa_arr = np.array(pairs) // (nb + 1)
+    pb_arr = np.array(pairs) % (nb + 1)
+    if op == "and":
+        acc = a.accepting[pa_arr] & acc_b[pb_arr]
+    else:
+        acc = a.accepting[pa_arr] & ~acc_b[pb_arr]
+    return _trim(np.stack(rows), acc)

@@ -1,0 +1,308 @@
+"""Compiled grammars (token automata) and the Matcher that drives them.
+
+A ``CompiledGrammar`` pairs a trimmed byte DFA with a vocabulary. Its token automaton is the table
+``masks[state]``: the bitmask row of tokens whose bytes the DFA can read from ``state`` (plus the
+EOS ids where ``state`` accepts). Rows are computed by walking the flat token trie through the DFA
+(numba); all rows are computed at compile time for automata up to ``eager_states`` states and on
+first use beyond that, so a mask fill is a row copy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, build_dfa
+from grammars.grammar import Grammar
+from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
+from grammars.vocab import Vocabulary
+
+__all__ = ["CompiledGrammar", "Matcher", "compile", "clear_cache", "cache_dir"]
+
+_CACHE_VERSION = "1"
+_MEMORY_CACHE: dict[tuple[str, str], "CompiledGrammar"] = {}
+_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path | None:
+    """On-disk cache folder (``$STRUCTURED_DECODING_CACHE``, default ~/.cache/structured-decoding;
+    set the variable to an empty string to disable the disk cache)."""
+    env = os.environ.get("STRUCTURED_DECODING_CACHE")
+    if env == "":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "structured-decoding"
+
+
+def clear_cache(*, disk: bool = False) -> None:
+    """Drop the in-memory cache (and the disk cache with ``disk=True``)."""
+    with _LOCK:
+        _MEMORY_CACHE.clear()
+    d = cache_dir()
+    if disk and d is not None and d.exists():
+        for f in d.glob("*.npz"):
+            f.unlink()
+
+
+@dataclass(eq=False)
+class CompiledGrammar:
+    """A grammar compiled against a vocabulary. Create with :func:`compile`."""
+
+    grammar: Grammar
+    vocab: Vocabulary
+    dfa: Dfa
+    compile_seconds: float = 0.0
+    masks: np.ndarray = field(init=False, repr=False)
+    _done: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        words = (self.vocab.size + 31) // 32
+        n = self.dfa.n_states
+        self.masks = np.zeros((n, words), dtype=np.uint32)
+        self._done = np.zeros(n, dtype=bool)
+        self._eos_words = np.zeros(words, dtype=np.uint32)
+        for e in self.vocab.eos_token_ids:
+            self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
+        self._token_data, self._token_offsets = self.vocab.token_offsets
+        self._trans = self.dfa.trans
+        self._accepting = self.dfa.accepting
+        self._eos = frozenset(self.vocab.eos_token_ids)
+        self._special = self.vocab.special
+        self._torch_masks: Any = None
+        # forced bytes: states with exactly one outgoing byte and not accepting
+        live = self._trans >= 0
+        counts = live.sum(axis=1)
+        self._forced_byte = np.where(
+            (counts == 1) & ~self._accepting, live.argmax(axis=1), -1
+        ).astype(np.int32)
+
+    @property
+    def n_states(self) -> int:
+        return self.dfa.n_states
+
+    def compute_masks(self, states: np.ndarray | None = None) -> None:
+        """Compute the mask rows of ``states`` (default: all) that are not computed yet."""
+        todo = np.nonzero(~self._done)[0] if states is None else np.asarray(states)
+        todo = todo[~self._done[todo]]
+        if len(todo) == 0:
+            return
+        rows = np.zeros((len(todo), self.masks.shape[1]), dtype=np.uint32)
+        fill_rows(self._trans, todo, self.vocab.trie, rows)
+        acc = self._accepting[todo]
+        rows[acc] |= self._eos_words
+        self.masks[todo] = rows
+        self._done[todo] = True
+
+    def mask_row(self, state: int) -> np.ndarray:
+        if not self._done[state]:
+            self.compute_masks(np.array([state]))
+        return self.masks[state]
+
+    def matcher(self) -> "Matcher":
+        return Matcher(self)
+
+    # token-level helpers used by Matcher
+    def next_state(self, state: int, token: int) -> int:
+        if self._special[token]:
+            return -1
+        return int(walk_token(self._trans, state, self._token_data, self._token_offsets, token))
+
+    def torch_masks(self) -> Any:
+        import torch
+
+        if self._torch_masks is None:
+            self.compute_masks()
+            self._torch_masks = torch.from_numpy(self.masks.view(np.int32))
+        return self._torch_masks
+
+
+class Matcher:
+    """Incremental matcher over one compiled grammar.
+
+    ``accept_token`` / ``accept_bytes`` advance (returning False, state unchanged, on a token the
+    grammar does not allow); ``check_token`` answers without changing state; ``rollback(n)`` undoes
+    the last n accepted tokens; ``fork()`` is an O(1) copy (history is a persistent linked list).
+    EOS is allowed exactly when ``is_accepting()``; accepting it terminates the matcher.
+    """
+
+    __slots__ = ("_g", "_state", "_hist", "_terminated")
+
+    def __init__(self, compiled: CompiledGrammar) -> None:
+        self._g = compiled
+        self._state = 0
+        self._hist: tuple | None = None
+        self._terminated = False
+
+    # ---- queries ------------------------------------------------------------------------------
+    @property
+    def state(self) -> int:
+        return self._state
+
+    def is_accepting(self) -> bool:
+        return not self._terminated and bool(self._g._accepting[self._state])
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def is_error(self) -> bool:
+        """True when no token (EOS included) can follow: a dead end for this vocabulary."""
+        if self._terminated:
+            return False
+        return not self._g.mask_row(self._state).any()
+
+    def check_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        g = self._g
+        if token_id in g._eos:
+            return bool(g._accepting[self._state])
+        if not 0 <= token_id < g.vocab.size:
+            return False
+        if g._done[self._state]:
+            return bool((g.masks[self._state, token_id >> 5] >> (token_id & 31)) & 1)
+        return g.next_state(self._state, token_id) >= 0
+
+    def fill_next_token_bitmask(self, bitmask: Any, row: int = 0) -> None:
+        """Write the allowed-token row into ``bitmask[row]`` (torch int32 tensor or numpy array)."""
+        g = self._g
+        if self._terminated:
+            bitmask[row] = 0
+            return
+        src = g.mask_row(self._state)
+        if isinstance(bitmask, np.ndarray):
+            bitmask[row] = src.view(np.int32)
+        else:
+            import torch
+
+            bitmask[row].copy_(torch.from_numpy(src.view(np.int32)))
+
+    def forced_bytes(self) -> bytes:
+        """Bytes the grammar forces next (jump-forward text), without changing state."""
+        if self._terminated:
+            return b""
+        fb = self._g._forced_byte
+        trans = self._g._trans
+        out = bytearray()
+        s = self._state
+        while fb[s] >= 0 and len(out) < 4096:
+            out.append(int(fb[s]))
+            s = int(trans[s, fb[s]])
+        return bytes(out)
+
+    # ---- updates ------------------------------------------------------------------------------
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        g = self._g
+        if token_id in g._eos:
+            if not g._accepting[self._state]:
+                return False
+            self._hist = (self._state, self._hist)
+            self._terminated = True
+            return True
+        if not 0 <= token_id < g.vocab.size:
+            return False
+        nxt = g.next_state(self._state, token_id)
+        if nxt < 0:
+            return False
+        self._hist = (self._state, self._hist)
+        self._state = nxt
+        return True
+
+    def accept_bytes(self, data: bytes) -> bool:
+        """Advance over raw bytes (may end inside a token). Counts as one step for rollback."""
+        if self._terminated:
+            return False
+        nxt = int(walk_bytes(self._g._trans, self._state, np.frombuffer(data, dtype=np.uint8)))
+        if nxt < 0:
+            return False
+        self._hist = (self._state, self._hist)
+        self._state = nxt
+        return True
+
+    def accept_string(self, text: str) -> bool:
+        return self.accept_bytes(text.encode("utf-8"))
+
+    def rollback(self, n_tokens: int = 1) -> None:
+        for _ in range(n_tokens):
+            if self._hist is None:
+                raise ValueError("cannot roll back past the start")
+            self._state, self._hist = self._hist
+            self._terminated = False
+
+    def reset(self) -> None:
+        self._state = 0
+        self._hist = None
+        self._terminated = False
+
+    def fork(self) -> "Matcher":
+        m = Matcher.__new__(Matcher)
+        m._g = self._g
+        m._state = self._state
+        m._hist = self._hist
+        m._terminated = self._terminated
+        return m
+
+
+def _disk_path(key: tuple[str, str]) -> Path | None:
+    d = cache_dir()
+    if d is None:
+        return None
+    return d / f"v{_CACHE_VERSION}-{key[0][:24]}-{key[1][:16]}.npz"
+
+
+def compile(  # noqa: A001 - the contract's name
+    grammar: Grammar,
+    vocab: Vocabulary,
+    *,
+    max_states: int = DEFAULT_MAX_STATES,
+    eager_states: int = 20_000,
+    cache: bool = True,
+) -> CompiledGrammar:
+    """Compile ``grammar`` against ``vocab`` into a token automaton.
+
+    Cached in memory and on disk, keyed by the grammar's and the vocabulary's fingerprints. Raises
+    ``GrammarError`` subclasses (typed, at compile time): ``EmptyLanguageError`` when nothing
+    matches, ``GrammarTooLargeError`` past ``max_states`` DFA states.
+    """
+    key = (grammar.fingerprint, vocab.fingerprint)
+    if cache:
+        with _LOCK:
+            hit = _MEMORY_CACHE.get(key)
+        if hit is not None:
+            return hit
+    t0 = time.perf_counter()
+    path = _disk_path(key) if cache else None
+    compiled: CompiledGrammar | None = None
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                dfa = Dfa(trans=z["trans"], accepting=z["accepting"])
+                compiled = CompiledGrammar(grammar, vocab, dfa)
+                compiled.masks[:] = z["masks"]
+                compiled._done[:] = True
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
+            compiled = None
+    if compiled is None:
+        dfa = build_dfa(grammar.rules, max_states=max_states)
+        compiled = CompiledGrammar(grammar, vocab, dfa)
+        if dfa.n_states <= eager_states:
+            compiled.compute_masks()
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+                    np.savez(tmp, trans=dfa.trans, accepting=dfa.accepting, masks=compiled.masks)
+                    os.replace(tmp, path)
+                except OSError:
+                    pass
+    compiled.compile_seconds = time.perf_counter() - t0
+    if cache:
+        with _LOCK:
+            _MEMORY_CACHE[key] = compiled
+    return compiled

@@ -1,0 +1,85 @@
+"""``Grammar``: the one grammar form, with a constructor per kind of constraint."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Iterable, Literal
+
+from grammars.errors import EmptyLanguageError, InvalidGrammarError
+from grammars.ir import Node, Rules, alt, fingerprint, lit
+
+__all__ = ["Grammar"]
+
+
+class Grammar:
+    """A constraint lowered into named byte-level rules (see :mod:`grammars.ir`).
+
+    Build with ``Grammar.from_json_schema``, ``from_regex``, ``from_choices`` (and, for the
+    context-free path, ``from_lark``); compile against a vocabulary with :func:`grammars.compile`.
+    ``kind`` and ``source`` describe where it came from (for messages and caching).
+    """
+
+    def __init__(self, rules: Rules, *, kind: str = "rules", source: Any = None) -> None:
+        self.rules = rules
+        self.kind = kind
+        self.source = source
+        self.json_schema: Any = None  # the (resolved) schema when built from one
+
+    def __repr__(self) -> str:
+        src = repr(self.source)
+        if len(src) > 60:
+            src = src[:57] + "..."
+        return f"Grammar.{self.kind}({src})"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.rules)
+
+    @classmethod
+    def from_node(cls, node: Node, *, kind: str = "rules", source: Any = None) -> "Grammar":
+        return cls(Rules({"start": node}, "start"), kind=kind, source=source)
+
+    @classmethod
+    def from_regex(cls, pattern: str) -> "Grammar":
+        """Strings that ``pattern`` (Python ``re`` syntax, see :mod:`grammars.regex`) fully matches."""
+        from grammars.regex import regex_to_node
+
+        if not isinstance(pattern, str):
+            raise InvalidGrammarError(f"a regex must be a str, got {type(pattern).__name__}")
+        return cls.from_node(regex_to_node(pattern, mode="fullmatch"), kind="regex", source=pattern)
+
+    @classmethod
+    def from_choices(cls, strings: Iterable[str]) -> "Grammar":
+        """Exactly one of ``strings`` (non-empty list; duplicates are merged)."""
+        items = list(strings)
+        if not items:
+            raise EmptyLanguageError("no choices given")
+        for s in items:
+            if not isinstance(s, str):
+                raise InvalidGrammarError(f"choices must be strings, got {s!r}")
+        uniq = list(dict.fromkeys(items))
+        return cls.from_node(alt(*(lit(s) for s in uniq)), kind="choices", source=uniq)
+
+    @classmethod
+    def from_json_schema(
+        cls,
+        schema: Any,
+        *,
+        whitespace: Literal["compact", "flexible"] = "compact",
+        property_order: Literal["schema", "any"] = "schema",
+        registry: dict[str, Any] | None = None,
+    ) -> "Grammar":
+        """JSON texts that validate against ``schema`` (a dict, a bool, a JSON string, or a pydantic
+        model class). See :mod:`grammars.json_schema` for the keywords and the exact semantics."""
+        from grammars.json_schema import schema_to_grammar
+
+        return schema_to_grammar(
+            schema, whitespace=whitespace, property_order=property_order, registry=registry
+        )
+
+    @classmethod
+    def from_lark(cls, text: str, start: str = "start") -> "Grammar":
+        """A Lark grammar (regular subset for now: rules must not recurse)."""
+        from grammars.lark_grammar import lark_to_grammar
+
+        return lark_to_grammar(text, start=start)

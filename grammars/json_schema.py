@@ -1,0 +1,803 @@
+"""JSON Schema -> grammar (the regular path), exact for the keywords it accepts.
+
+Stages: read the schema (dict, bool, JSON text or pydantic model) -> check it against its
+metaschema (``InvalidSchemaError``) -> make every ``$ref`` absolute and register the document (and
+any remote documents passed in ``registry``) with ``referencing`` -> lower each subschema into
+grammar nodes. ``allOf`` and ``$ref`` with siblings are merged into one schema (intersection per
+keyword); ``anyOf`` distributes over its siblings; ``enum``/``const`` keep exactly the listed values
+that validate against the rest of the schema (checked with ``jsonschema``).
+
+Exact semantics and documented restrictions (a restriction only ever *removes* valid texts, never
+adds invalid ones):
+- Strings: the text is a JSON string whose characters are raw UTF-8 except ``"``, ``\\`` and control
+  characters, which use ``json.dumps``' escapes (``\\"``, ``\\\\``, ``\\n``... or ``\\u00XX``); ``\\/`` is
+  also accepted. ``\\uXXXX`` escapes of other characters are not.
+- Numbers with bounds are written without exponents (see :mod:`grammars.numeric`); integers may
+  have a zero fraction (``1.0``), as JSON Schema's integer type allows.
+- Values of unconstrained schemas (``true``, ``{}``, additional properties) nest at most
+  ``max_any_depth`` arrays/objects deep on this path.
+- ``property_order="schema"``: properties appear in the schema's order, any additional properties
+  after them. ``"any"``: any order, each declared property at most once, required ones enforced.
+- ``whitespace="flexible"``: up to ``max_whitespace`` bytes of JSON whitespace between tokens.
+
+Keywords this path cannot enforce exactly raise ``UnsupportedSchemaError(keyword, pointer)``:
+a looser grammar is never compiled. Unknown keywords and annotations are ignored (the spec says
+they do not validate); custom (non-standard) ``format`` values are annotations too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import urldefrag, urljoin
+
+from grammars import charclass as cc
+from grammars.errors import (
+    EmptyLanguageError,
+    GrammarError,
+    InvalidSchemaError,
+    UnsupportedSchemaError,
+)
+from grammars.grammar import Grammar
+from grammars.ir import (
+    NOTHING,
+    Automaton,
+    Bytes,
+    Node,
+    Ref,
+    Rules,
+    alt,
+    lit,
+    opt,
+    repeat,
+    seq,
+    star,
+)
+from grammars.regex import RegexSyntaxError, UnsupportedRegexError, json_string_encoder, regex_to_node
+
+__all__ = ["schema_to_grammar", "DEFAULT_ROOT_URI", "STANDARD_FORMATS"]
+
+DEFAULT_ROOT_URI = "file:///schema.json"
+
+STANDARD_FORMATS = frozenset(
+    "date-time date time duration email idn-email hostname idn-hostname ipv4 ipv6 uri "
+    "uri-reference iri iri-reference uuid uri-template json-pointer relative-json-pointer "
+    "regex".split()
+)
+
+# Keywords that only annotate (never constrain) or that this module reads elsewhere.
+_ANNOTATIONS = frozenset(
+    "$schema $id id $comment title description default examples deprecated readOnly writeOnly "
+    "$anchor $dynamicAnchor $vocabulary $defs definitions contentMediaType contentEncoding "
+    "contentSchema then else".split()
+)
+_HANDLED = frozenset(
+    "type enum const properties required additionalProperties items prefixItems additionalItems "
+    "minItems maxItems minLength maxLength pattern format minimum maximum exclusiveMinimum "
+    "exclusiveMaximum allOf anyOf oneOf $ref uniqueItems if minProperties __sources __patterns "
+    "__formats __anyOfs __oneOfs".split()
+)
+_UNSUPPORTED = frozenset(
+    "not contains minContains maxContains dependentRequired dependentSchemas dependencies "
+    "propertyNames patternProperties unevaluatedProperties unevaluatedItems maxProperties "
+    "multipleOf $dynamicRef $recursiveRef $recursiveAnchor".split()
+)
+# Keywords whose value holds subschemas: name -> "one" | "list" | "map"
+_SUBSCHEMA_KEYS = {
+    "additionalProperties": "one", "items": "one_or_list", "additionalItems": "one",
+    "contains": "one", "propertyNames": "one", "not": "one", "if": "one", "then": "one",
+    "else": "one", "unevaluatedItems": "one", "unevaluatedProperties": "one",
+    "contentSchema": "one", "prefixItems": "list", "allOf": "list", "anyOf": "list",
+    "oneOf": "list", "properties": "map", "patternProperties": "map", "$defs": "map",
+    "definitions": "map", "dependentSchemas": "map", "dependencies": "map_or_list",
+}
+
+_ALL_TYPES = ("null", "boolean", "object", "array", "string", "int", "frac")
+_WS_BYTES = Bytes(((0x09, 0x0A), (0x0D, 0x0D), (0x20, 0x20)))
+_ANY_CHAR = cc.json_string_char_node(cc.ANY)
+
+
+def _pointer_join(ptr: str, *parts: object) -> str:
+    out = ptr
+    for p in parts:
+        out += "/" + str(p).replace("~", "~0").replace("/", "~1")
+    return out
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: 1 == 1.0, but True != 1; objects by key, arrays by position."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return Decimal(repr(a)) == Decimal(repr(b)) if a == a and b == b else False
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _types_of(schema: dict) -> set[str]:
+    t = schema.get("type")
+    if t is None:
+        return set(_ALL_TYPES)
+    names = [t] if isinstance(t, str) else list(t)
+    out: set[str] = set()
+    for n in names:
+        if n == "number":
+            out |= {"int", "frac"}
+        elif n == "integer":
+            out.add("int")
+        else:
+            out.add(n)
+    return out
+
+
+def _value_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "int" if v == int(v) else "frac"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+class _Compiler:
+    def __init__(
+        self,
+        root: Any,
+        *,
+        whitespace: str,
+        property_order: str,
+        registry: dict[str, Any] | None,
+        max_any_depth: int,
+        max_whitespace: int,
+    ) -> None:
+        import jsonschema
+        import referencing
+        import referencing.jsonschema
+
+        self.validator_cls = jsonschema.validators.validator_for(
+            root, default=jsonschema.Draft202012Validator
+        )
+        try:
+            self.validator_cls.check_schema(root)
+        except jsonschema.SchemaError as e:
+            ptr = "".join("/" + str(p) for p in e.path)
+            raise InvalidSchemaError(e.message, pointer=ptr) from None
+        meta = getattr(self.validator_cls, "META_SCHEMA", {}).get("$schema", "")
+        self.draft = (
+            4 if "draft-04" in meta else 6 if "draft-06" in meta else 7 if "draft-07" in meta
+            else 2019 if "2019-09" in meta else 2020
+        )
+        self.spec = referencing.jsonschema.specification_with(
+            meta or "https://json-schema.org/draft/2020-12/schema",
+            default=referencing.jsonschema.DRAFT202012,
+        )
+        self.id_key = "id" if self.draft == 4 else "$id"
+        root_id = root.get(self.id_key) if isinstance(root, dict) else None
+        self.root_uri = urljoin(DEFAULT_ROOT_URI, root_id) if isinstance(root_id, str) else DEFAULT_ROOT_URI
+        self.root = self._absolutize(root, self.root_uri)
+        resources = [(urldefrag(self.root_uri)[0], self.root)]
+        for uri, doc in (registry or {}).items():
+            doc_id = doc.get(self.id_key) if isinstance(doc, dict) else None
+            base = urljoin(uri, doc_id) if isinstance(doc_id, str) else uri
+            resources.append((urldefrag(uri)[0], self._absolutize(doc, base)))
+        reg: Any = referencing.Registry()
+        for uri, doc in resources:
+            reg = reg.with_resource(uri, self.spec.create_or_default(doc) if hasattr(self.spec, "create_or_default") else referencing.jsonschema.specification_with(
+                doc.get("$schema", "") if isinstance(doc, dict) else "", default=self.spec).create_resource(doc))
+        self.registry = reg.crawl()
+        self.resolver = self.registry.resolver(base_uri=urldefrag(self.root_uri)[0])
+        self.ws = repeat(_WS_BYTES, 0, max_whitespace) if whitespace == "flexible" else lit(b"")
+        self.any_order = property_order == "any"
+        self.max_any_depth = max_any_depth
+        self.rules: dict[str, Node] = {}
+        self.ref_rules: dict[str, str] = {}
+        self.inlining: list[str] = []
+        self._any_cache: dict[int, Node] = {}
+        self._string_body_cache: dict[Any, Node] = {}
+        self._validators: dict[str, Any] = {}
+
+    # ---- document preparation -----------------------------------------------------------------
+    def _absolutize(self, schema: Any, base: str) -> Any:
+        """Copy of ``schema`` with every ``$ref`` made absolute against its ``$id`` scope."""
+        if not isinstance(schema, dict):
+            return schema
+        out = dict(schema)
+        sid = schema.get(self.id_key)
+        if isinstance(sid, str) and not (self.draft <= 7 and "$ref" in schema):
+            base = urljoin(base, sid)
+        if isinstance(schema.get("$ref"), str):
+            out["$ref"] = urljoin(base, schema["$ref"])
+        for key, kind in _SUBSCHEMA_KEYS.items():
+            if key not in schema:
+                continue
+            v = schema[key]
+            if kind == "one" or (kind == "one_or_list" and not isinstance(v, list)):
+                out[key] = self._absolutize(v, base)
+            elif kind in ("list", "one_or_list") and isinstance(v, list):
+                out[key] = [self._absolutize(x, base) for x in v]
+            elif kind in ("map", "map_or_list") and isinstance(v, dict):
+                out[key] = {k: (self._absolutize(x, base) if not isinstance(x, list) else x) for k, x in v.items()}
+        return out
+
+    def _lookup(self, uri: str, ptr: str) -> Any:
+        try:
+            return self.resolver.lookup(uri).contents
+        except Exception as e:  # noqa: BLE001 - referencing raises several types
+            raise InvalidSchemaError(f"cannot resolve $ref {uri!r}: {e}", pointer=ptr, keyword="$ref") from None
+
+    def _is_valid(self, value: Any, schemas: list[Any]) -> bool:
+        v = self.validator_cls({"allOf": schemas}, registry=self.registry)
+        return bool(v.is_valid(value))
+
+    # ---- merging (allOf, $ref with siblings) --------------------------------------------------
+    def _flatten(self, s: dict, ptr: str) -> Any:
+        """Resolve allOf and $ref-with-siblings into one merged dict (or a bool)."""
+        has_ref = isinstance(s.get("$ref"), str)
+        if has_ref and self.draft <= 7:
+            s = {"$ref": s["$ref"]}
+        if not has_ref and "allOf" not in s:
+            return s
+        parts: list[Any] = []
+        base = {k: v for k, v in s.items() if k not in ("allOf", "$ref")}
+        parts.append(base)
+        if has_ref:
+            uri = s["$ref"]
+            if uri in self.inlining:
+                raise UnsupportedSchemaError(
+                    "$ref", ptr, "recursive reference (needs the context-free path, not yet available)"
+                )
+            self.inlining.append(uri)
+            try:
+                target = self._lookup(uri, ptr)
+                parts.append(self._flatten(target, ptr) if isinstance(target, dict) else target)
+            finally:
+                self.inlining.pop()
+        for i, b in enumerate(s.get("allOf", [])):
+            parts.append(self._flatten(b, _pointer_join(ptr, "allOf", i)) if isinstance(b, dict) else b)
+        merged: Any = True
+        for p in parts:
+            merged = self._merge(merged, p)
+        return merged
+
+    def _merge(self, a: Any, b: Any) -> Any:
+        if a is True or a == {}:
+            return self._tag(b)
+        if b is True or b == {}:
+            return self._tag(a)
+        if a is False or b is False:
+            return False
+        a, b = self._tag(a), self._tag(b)
+        out: dict[str, Any] = {}
+        keys = list(dict.fromkeys([*a, *b]))
+        for k in keys:
+            if k in _ANNOTATIONS and k not in ("then", "else"):
+                continue
+            if k not in b:
+                out[k] = a[k]
+                continue
+            if k not in a:
+                out[k] = b[k]
+                continue
+            x, y = a[k], b[k]
+            if k == "__sources" or k in ("__patterns", "__formats", "__anyOfs", "__oneOfs"):
+                out[k] = x + y
+            elif k == "type":
+                tx, ty = _types_of({"type": x}), _types_of({"type": y})
+                out[k] = sorted(_typenames(tx & ty))
+            elif k in ("minLength", "minItems", "minimum", "exclusiveMinimum", "minProperties"):
+                out[k] = x if isinstance(x, bool) else max(x, y)
+            elif k in ("maxLength", "maxItems", "maximum", "exclusiveMaximum", "maxProperties"):
+                out[k] = x if isinstance(x, bool) else min(x, y)
+            elif k == "required":
+                out[k] = list(dict.fromkeys([*x, *y]))
+            elif k == "enum":
+                out[k] = [v for v in x if any(_json_equal(v, w) for w in y)]
+            elif k == "const":
+                out[k] = x
+                if not _json_equal(x, y):
+                    out["enum"] = []
+            elif k == "uniqueItems":
+                out[k] = bool(x) or bool(y)
+            elif k == "properties":
+                pa, pb = x, y
+                adda, addb = a.get("additionalProperties", True), b.get("additionalProperties", True)
+                props: dict[str, Any] = {}
+                for name in dict.fromkeys([*pa, *pb]):
+                    sa = pa.get(name, adda)
+                    sb = pb.get(name, addb)
+                    props[name] = {"allOf": [sa, sb]}
+                out[k] = props
+            elif k == "additionalProperties":
+                out[k] = {"allOf": [x, y]}
+            elif k in ("items", "additionalItems") and not isinstance(x, list) and not isinstance(y, list):
+                out[k] = {"allOf": [x, y]}
+            elif k == "prefixItems":
+                ia, ib = a.get("items", True), b.get("items", True)
+                n = max(len(x), len(y))
+                out[k] = [{"allOf": [x[i] if i < len(x) else ia, y[i] if i < len(y) else ib]} for i in range(n)]
+            elif k == "if":
+                raise UnsupportedSchemaError("if", "", "if/then/else inside allOf")
+            else:
+                # same keyword on both sides that has no merge rule: keep both through allOf
+                # of the two fragments only if equal; otherwise it is unsupported here
+                if json.dumps(x, sort_keys=True) != json.dumps(y, sort_keys=True):
+                    raise UnsupportedSchemaError(k, "", "conflicting values under allOf")
+                out[k] = x
+        # one-sided properties vs the other side's additionalProperties
+        if "properties" in a and "properties" not in b and "additionalProperties" in b:
+            out["properties"] = {n: {"allOf": [s, b["additionalProperties"]]} for n, s in a["properties"].items()}
+        if "properties" in b and "properties" not in a and "additionalProperties" in a:
+            out["properties"] = {n: {"allOf": [s, a["additionalProperties"]]} for n, s in b["properties"].items()}
+        return out
+
+    @staticmethod
+    def _tag(s: Any) -> Any:
+        """Move mergeable list-valued keywords into their internal accumulators."""
+        if not isinstance(s, dict) or "__sources" in s:
+            return s
+        out = {k: v for k, v in s.items() if k not in ("pattern", "format", "anyOf", "oneOf")}
+        out["__sources"] = [s]
+        out["__patterns"] = [s["pattern"]] if "pattern" in s else []
+        out["__formats"] = [s["format"]] if "format" in s else []
+        out["__anyOfs"] = [s["anyOf"]] if "anyOf" in s else []
+        out["__oneOfs"] = [s["oneOf"]] if "oneOf" in s else []
+        return out
+
+    # ---- lowering -----------------------------------------------------------------------------
+    def node(self, s: Any, ptr: str, depth: int = 0) -> Node:
+        if s is True:
+            return self.any_value(self.max_any_depth)
+        if s is False:
+            return NOTHING
+        if not isinstance(s, dict):
+            raise InvalidSchemaError(f"a schema must be an object or a boolean, got {s!r}", pointer=ptr)
+        ref = s.get("$ref")
+        if isinstance(ref, str) and (self.draft <= 7 or all(k in _ANNOTATIONS for k in s if k != "$ref")):
+            return self.ref_node(ref, ptr)
+        s = self._flatten(s, ptr)
+        if not isinstance(s, dict):
+            return self.node(s, ptr)
+        s = self._tag(s)
+        for k in s:
+            if k in _UNSUPPORTED:
+                if k == "minProperties" and s[k] == 0:
+                    continue
+                raise UnsupportedSchemaError(k, _pointer_join(ptr, k))
+        if "if" in s and ("then" in s.get("__sources", [{}])[0] or "else" in s.get("__sources", [{}])[0]):
+            raise UnsupportedSchemaError("if", _pointer_join(ptr, "if"), "if/then/else")
+        if s.get("minProperties", 0) > 0:
+            raise UnsupportedSchemaError("minProperties", _pointer_join(ptr, "minProperties"))
+        branches: list[list[Any]] = [list(x) for x in s["__anyOfs"]]
+        for one in s["__oneOfs"]:
+            if not self._exclusive(one, ptr):
+                raise UnsupportedSchemaError(
+                    "oneOf", _pointer_join(ptr, "oneOf"),
+                    "branches may overlap; exactly-one needs the semantic checker (not yet available)",
+                )
+            branches.append(list(one))
+        if branches:
+            rest = dict(s)
+            rest["__anyOfs"] = []
+            rest["__oneOfs"] = []
+            combos = list(itertools.islice(itertools.product(*branches), 257))
+            if len(combos) > 256:
+                raise UnsupportedSchemaError("anyOf", _pointer_join(ptr, "anyOf"), "more than 256 branch combinations")
+            out = []
+            for combo in combos:
+                m: Any = rest
+                for b in combo:
+                    bb = self._flatten(b, ptr) if isinstance(b, dict) else b
+                    m = self._merge(m, bb)
+                out.append(self.node(m, ptr, depth))
+            return alt(*out)
+        if "enum" in s or "const" in s:
+            values = list(s.get("enum", [])) if "enum" in s else [s["const"]]
+            if "const" in s and "enum" in s:
+                values = [v for v in values if _json_equal(v, s["const"])]
+            keep = [v for v in values if self._is_valid(v, s["__sources"])]
+            return alt(*(self.const_node(v) for v in keep))
+        types = _types_of(s)
+        for src in s["__sources"]:
+            if isinstance(src, dict) and "type" in src:
+                types &= _types_of(src)
+        parts: list[Node] = []
+        if "null" in types:
+            parts.append(lit("null"))
+        if "boolean" in types:
+            parts.append(alt(lit("true"), lit("false")))
+        if "int" in types or "frac" in types:
+            parts.append(self.number_node(s, ptr, integer="frac" not in types))
+        if "string" in types:
+            parts.append(self.string_node(s, ptr))
+        if "array" in types:
+            parts.append(self.array_node(s, ptr, depth))
+        if "object" in types:
+            parts.append(self.object_node(s, ptr, depth))
+        return alt(*parts)
+
+    def ref_node(self, uri: str, ptr: str) -> Node:
+        name = self.ref_rules.get(uri)
+        if name is None:
+            name = f"ref:{uri}"
+            self.ref_rules[uri] = name
+            target = self._lookup(uri, ptr)
+            self.rules[name] = self.node(target, uri.split("#", 1)[-1] if "#" in uri else uri)
+        return Ref(name)
+
+    def _exclusive(self, branches: list[Any], ptr: str) -> bool:
+        """True if no JSON value can satisfy two branches (cheap sufficient tests)."""
+        flat = [self._tag(self._flatten(b, ptr)) if isinstance(b, dict) else b for b in branches]
+        if any(b is True for b in flat):
+            return len([b for b in flat if b is not False]) <= 1
+        flat = [b for b in flat if b is not False]
+
+        def types(b: dict) -> set[str]:
+            t = _types_of(b)
+            for src in b.get("__sources", []):
+                if isinstance(src, dict) and "type" in src:
+                    t &= _types_of(src)
+            vals = self._values(b)
+            if vals is not None:
+                t &= {_value_type(v) for v in vals}
+            return t
+
+        for x, y in itertools.combinations(flat, 2):
+            if not types(x) & types(y):
+                continue
+            vx, vy = self._values(x), self._values(y)
+            if vx is not None and vy is not None and not any(_json_equal(a, b) for a in vx for b in vy):
+                continue
+            if self._discriminated(x, y):
+                continue
+            return False
+        return True
+
+    @staticmethod
+    def _values(b: dict) -> list[Any] | None:
+        if "const" in b:
+            return [b["const"]]
+        if "enum" in b:
+            return list(b["enum"])
+        return None
+
+    def _discriminated(self, x: dict, y: dict) -> bool:
+        px, py = x.get("properties", {}), y.get("properties", {})
+        rx, ry = set(x.get("required", [])), set(y.get("required", []))
+        if _types_of(x) & _types_of(y) - {"object"}:
+            return False
+        for k in set(px) & set(py) & rx & ry:
+            a, b = px[k], py[k]
+            if isinstance(a, dict) and isinstance(b, dict):
+                va, vb = self._values(a), self._values(b)
+                if va is not None and vb is not None and not any(_json_equal(p, q) for p in va for q in vb):
+                    return True
+        return False
+
+    # ---- values -------------------------------------------------------------------------------
+    def any_value(self, depth: int) -> Node:
+        hit = self._any_cache.get(depth)
+        if hit is not None:
+            return hit
+        scalars = [lit("null"), lit("true"), lit("false"), self.number_node({}, "", integer=False),
+                   self.string_literal_node(star(_ANY_CHAR))]
+        if depth > 0:
+            inner = self.any_value(depth - 1)
+            ws = self.ws
+            sep = seq(ws, lit(","), ws)
+            arr = seq(lit("["), ws, opt(seq(inner, star(seq(sep, inner)))), ws, lit("]"))
+            key = self.string_literal_node(star(_ANY_CHAR))
+            kv = seq(key, ws, lit(":"), ws, inner)
+            obj = seq(lit("{"), ws, opt(seq(kv, star(seq(sep, kv)))), ws, lit("}"))
+            scalars += [arr, obj]
+        node = alt(*scalars)
+        self._any_cache[depth] = node
+        return node
+
+    def const_node(self, v: Any) -> Node:
+        if v is None:
+            return lit("null")
+        if isinstance(v, bool):
+            return lit("true" if v else "false")
+        if isinstance(v, (int, float)):
+            from grammars.numeric import number_regex
+
+            d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
+            return regex_to_node(number_regex(minimum=d, maximum=d))
+        if isinstance(v, str):
+            return self.string_literal_node(self.string_chars(v))
+        ws = self.ws
+        if isinstance(v, list):
+            if not v:
+                return seq(lit("["), ws, lit("]"))
+            sep = seq(ws, lit(","), ws)
+            items: list[Node] = []
+            for i, x in enumerate(v):
+                if i:
+                    items.append(sep)
+                items.append(self.const_node(x))
+            return seq(lit("["), ws, *items, ws, lit("]"))
+        props = [(k, self.const_node(x)) for k, x in v.items()]
+        return self.members_node(props, set(v), None)
+
+    @staticmethod
+    def string_chars(text: str) -> Node:
+        return seq(*(cc.json_string_char_node(((ord(c), ord(c)),)) for c in text))
+
+    @staticmethod
+    def string_literal_node(body: Node) -> Node:
+        return seq(lit('"'), body, lit('"'))
+
+    def number_node(self, s: dict, ptr: str, *, integer: bool) -> Node:
+        from grammars.numeric import number_regex
+
+        kw: dict[str, Any] = {}
+        lo, hi = s.get("minimum"), s.get("maximum")
+        xlo, xhi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
+        if isinstance(xlo, bool):  # draft 4
+            xlo, lo = (lo, None) if xlo else (None, lo)
+        if isinstance(xhi, bool):
+            xhi, hi = (hi, None) if xhi else (None, hi)
+        for name, val in (("minimum", lo), ("maximum", hi), ("exclusive_minimum", xlo), ("exclusive_maximum", xhi)):
+            if val is not None:
+                kw[name] = Decimal(repr(val)) if isinstance(val, float) else val
+        try:
+            return regex_to_node(number_regex(integer=integer, **kw))
+        except EmptyLanguageError:
+            return NOTHING
+
+    def string_node(self, s: dict, ptr: str) -> Node:
+        from grammars.automaton import dfa_of, product
+
+        lo = int(s.get("minLength", 0))
+        hi = s.get("maxLength")
+        bodies: list[Node] = []
+        if lo > 0 or hi is not None:
+            if hi is not None and lo > hi:
+                return NOTHING
+            bodies.append(repeat(_ANY_CHAR, lo, None if hi is None else int(hi)))
+        for p in s["__patterns"]:
+            try:
+                bodies.append(regex_to_node(p, encoder=json_string_encoder, mode="search", dialect="ecma"))
+            except (UnsupportedRegexError, RegexSyntaxError) as e:
+                raise UnsupportedSchemaError("pattern", _pointer_join(ptr, "pattern"), str(e)) from None
+        for f in s["__formats"]:
+            if f not in STANDARD_FORMATS:
+                continue  # custom formats are annotations
+            from grammars.formats import format_regex
+
+            try:
+                rx = format_regex(f)
+            except KeyError:
+                raise UnsupportedSchemaError("format", _pointer_join(ptr, "format"), f"format {f!r} is not implemented") from None
+            bodies.append(regex_to_node(rx, encoder=json_string_encoder, mode="fullmatch"))
+        if not bodies:
+            return self.string_literal_node(star(_ANY_CHAR))
+        if len(bodies) == 1:
+            return self.string_literal_node(bodies[0])
+        try:
+            dfa = dfa_of(bodies[0])
+            for b in bodies[1:]:
+                dfa = product(dfa, dfa_of(b))
+        except EmptyLanguageError:
+            return NOTHING
+        return self.string_literal_node(Automaton(dfa.trans, dfa.accepting))
+
+    def array_node(self, s: dict, ptr: str, depth: int) -> Node:
+        items = s.get("items", True)
+        prefix = list(s.get("prefixItems", []))
+        if isinstance(items, list):  # draft <= 2019-09 tuple form
+            prefix, items = items, s.get("additionalItems", True)
+        lo = int(s.get("minItems", 0))
+        hi = s.get("maxItems")
+        hi = None if hi is None else int(hi)
+        if s.get("uniqueItems") and (hi is None or hi > 1):
+            raise UnsupportedSchemaError("uniqueItems", _pointer_join(ptr, "uniqueItems"))
+        if hi is not None and lo > hi:
+            return NOTHING
+        ws = self.ws
+        sep = seq(ws, lit(","), ws)
+        elems = [self.node(p, _pointer_join(ptr, "prefixItems", i), depth + 1) for i, p in enumerate(prefix)]
+        item = self.node(items, _pointer_join(ptr, "items"), depth + 1)
+        k = len(elems)
+        fixed = max(k, lo)
+        if hi is not None and hi < k:
+            elems = elems[:hi]
+            k = hi
+            fixed = max(k, lo)
+
+        def elem(i: int) -> Node:
+            return elems[i] if i < k else item
+
+        # tail after `fixed` elements: any number (bounded by hi) of further items
+        remaining = None if hi is None else hi - fixed
+        if fixed == 0:
+            if remaining == 0:
+                tail = lit(b"")
+            else:
+                more = None if remaining is None else remaining - 1
+                tail = opt(seq(item, repeat(seq(sep, item), 0, more)))
+        else:
+            tail = repeat(seq(sep, item), 0, remaining) if remaining != 0 else lit(b"")
+        body = tail
+        for i in reversed(range(fixed)):
+            lead = elem(i) if i == 0 else seq(sep, elem(i))
+            if i >= lo:  # optional from here
+                body = opt(seq(lead, body)) if i > 0 else opt(seq(elem(0), body))
+            else:
+                body = seq(lead, body)
+        return seq(lit("["), ws, body, ws, lit("]"))
+
+    def object_node(self, s: dict, ptr: str, depth: int) -> Node:
+        props: dict[str, Any] = dict(s.get("properties", {}))
+        required = list(s.get("required", []))
+        add = s.get("additionalProperties", True)
+        for r in required:
+            if r not in props:
+                props[r] = add
+        members: list[tuple[str, Node]] = []
+        for name, sub in props.items():
+            if sub is False:
+                if name in required:
+                    return NOTHING
+                continue
+            members.append((name, self.node(sub, _pointer_join(ptr, "properties", name), depth + 1)))
+        add_node = None
+        if add is not False:
+            add_node = self.node(add, _pointer_join(ptr, "additionalProperties"), depth + 1)
+        return self.members_node(members, set(required), add_node, names=list(props))
+
+    def members_node(
+        self,
+        members: list[tuple[str, Node]],
+        required: set[str],
+        add_value: Node | None,
+        names: list[str] | None = None,
+    ) -> Node:
+        from grammars.automaton import dfa_of, product
+
+        ws = self.ws
+        sep = seq(ws, lit(","), ws)
+        colon = seq(ws, lit(":"), ws)
+        kvs = [seq(self.string_literal_node(self.string_chars(k)), colon, v) for k, v in members]
+        add_kv = None
+        if add_value is not None:
+            any_key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
+            key_names = names if names is not None else [k for k, _ in members]
+            if key_names:
+                declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k)) for k in key_names)))
+                try:
+                    key = product(any_key, declared, op="diff")
+                except EmptyLanguageError:
+                    key = None
+            else:
+                key = any_key
+            if key is not None:
+                add_kv = seq(Automaton(key.trans, key.accepting), colon, add_value)
+        req = [k in required for k, _ in members]
+        n = len(kvs)
+        if not self.any_order:
+            # T(i, first): members i.. in schema order, then additional ones.
+            def tail(first: bool) -> Node:
+                if add_kv is None:
+                    return lit(b"")
+                if first:
+                    return opt(seq(add_kv, star(seq(sep, add_kv))))
+                return star(seq(sep, add_kv))
+
+            t_first, t_rest = tail(True), tail(False)
+            for i in reversed(range(n)):
+                take_first = seq(kvs[i], t_rest)
+                take_rest = seq(sep, kvs[i], t_rest)
+                if req[i]:
+                    nf, nr = take_first, take_rest
+                else:
+                    nf, nr = alt(take_first, t_first), alt(take_rest, t_rest)
+                t_first, t_rest = nf, nr
+            body = t_first
+        else:
+            if n > 10:
+                raise UnsupportedSchemaError(
+                    "properties", "", f"property_order='any' with {n} properties (at most 10 on the regular path)"
+                )
+            memo: dict[tuple[frozenset[int], bool], Node] = {}
+            rule_id = len(self.rules)
+
+            def rest(left: frozenset[int], first: bool) -> Node:
+                key = (left, first)
+                if key in memo:
+                    return memo[key]
+                name = f"obj{rule_id}:{sorted(left)}:{int(first)}"
+                memo[key] = Ref(name)
+                opts: list[Node] = []
+                lead = (lambda x: x) if first else (lambda x: seq(sep, x))
+                for i in sorted(left):
+                    opts.append(seq(lead(kvs[i]), rest(left - {i}, False)))
+                if add_kv is not None:
+                    opts.append(seq(lead(add_kv), rest(left, False)))
+                if not any(req[i] for i in left):
+                    opts.append(lit(b""))
+                self.rules[name] = alt(*opts)
+                return memo[key]
+
+            body = rest(frozenset(range(n)), True)
+        return seq(lit("{"), ws, body, ws, lit("}"))
+
+
+def _typenames(types: set[str]) -> set[str]:
+    out = set(types) - {"int", "frac"}
+    if "int" in types and "frac" in types:
+        out.add("number")
+    elif "int" in types:
+        out.add("integer")
+    elif "frac" in types:
+        out.add("number")  # not expressible exactly; only arises from merges of number types
+    return out
+
+
+def read_schema(schema: Any) -> tuple[Any, Any]:
+    """(schema as a JSON value, the pydantic model class if one was given)."""
+    model = None
+    if isinstance(schema, type):
+        try:
+            from pydantic import BaseModel
+        except ImportError:  # pragma: no cover
+            BaseModel = None  # type: ignore[assignment]  # noqa: N806
+        if BaseModel is not None and issubclass(schema, BaseModel):
+            model = schema
+            schema = schema.model_json_schema()
+        else:
+            raise InvalidSchemaError(f"expected a JSON Schema or a pydantic model, got {schema!r}")
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise InvalidSchemaError(f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    if not isinstance(schema, (dict, bool)):
+        raise InvalidSchemaError(f"a schema must be an object or a boolean, got {type(schema).__name__}")
+    return schema, model
+
+
+def schema_to_grammar(
+    schema: Any,
+    *,
+    whitespace: Literal["compact", "flexible"] = "compact",
+    property_order: Literal["schema", "any"] = "schema",
+    registry: dict[str, Any] | None = None,
+    max_any_depth: int = 3,
+    max_whitespace: int = 12,
+) -> Grammar:
+    """Lower a JSON Schema to a :class:`Grammar` (see the module docstring for the semantics)."""
+    if whitespace not in ("compact", "flexible"):
+        raise ValueError(f"whitespace must be 'compact' or 'flexible', got {whitespace!r}")
+    if property_order not in ("schema", "any"):
+        raise ValueError(f"property_order must be 'schema' or 'any', got {property_order!r}")
+    value, model = read_schema(schema)
+    c = _Compiler(
+        value, whitespace=whitespace, property_order=property_order, registry=registry,
+        max_any_depth=max_any_depth, max_whitespace=max_whitespace,
+    )
+    try:
+        start = c.node(c.root, "")
+    except RecursionError:
+        raise UnsupportedSchemaError("$ref", "", "schema nests too deeply for the regular path") from None
+    except GrammarError:
+        raise
+    rules = dict(c.rules)
+    rules["start"] = start
+    g = Grammar(Rules(rules, "start"), kind="json_schema", source=value)
+    g.json_schema = value
+    g.pydantic_model = model  # type: ignore[attr-defined]
+    g.validator = c.validator_cls(c.root, registry=c.registry)  # type: ignore[attr-defined]
+    return g

@@ -1,0 +1,67 @@
+"""Numba kernels that walk the flat token trie through a byte DFA.
+
+``fill_rows`` computes, for DFA states, the bitmask row of tokens whose whole byte string the DFA
+can read from that state (pruning a trie subtree the moment the DFA dies). ``walk_token`` advances
+one state over one token's bytes. Compiled with ``cache=True`` so the JIT cost is paid once per
+machine, not per process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["fill_rows", "walk_token", "walk_bytes"]
+
+
+@njit(cache=True, nogil=True)
+def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):  # noqa: ANN001
+    stack[0] = start
+    n = 1
+    nn = tb.shape[0]
+    while n < nn:
+        d = tdepth[n]
+        ns = trans[stack[d - 1], tb[n]]
+        if ns < 0:
+            n = tend[n]
+            continue
+        stack[d] = ns
+        for k in range(tok_ptr[n], tok_ptr[n + 1]):
+            t = tok_ids[k]
+            row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+        n += 1
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, max_depth):  # noqa: ANN001
+    for i in prange(states.shape[0]):
+        stack = np.empty(max_depth + 1, dtype=np.int32)
+        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, out[i], stack)
+
+
+def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:  # noqa: ANN001
+    """OR into ``out[i]`` (uint32 words) the tokens readable from ``states[i]``."""
+    _fill_rows_parallel(
+        trans, states.astype(np.int32), trie.byte, trie.depth, trie.end, trie.tok_ptr,
+        trie.tok_ids, out, trie.max_depth,
+    )
+
+
+@njit(cache=True, nogil=True)
+def walk_token(trans, state, data, offsets, token):  # noqa: ANN001
+    """DFA state after reading token ``token``'s bytes from ``state`` (-1 if it dies)."""
+    for k in range(offsets[token], offsets[token + 1]):
+        state = trans[state, data[k]]
+        if state < 0:
+            return -1
+    return state
+
+
+@njit(cache=True, nogil=True)
+def walk_bytes(trans, state, data):  # noqa: ANN001
+    """DFA state after ``data`` (uint8 array) from ``state`` (-1 if it dies)."""
+    for k in range(data.shape[0]):
+        state = trans[state, data[k]]
+        if state < 0:
+            return -1
+    return state
