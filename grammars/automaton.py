@@ -13,6 +13,7 @@ is the start state.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,10 +231,15 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
         es = [e for s in cur for e in edges[s]]
         if es:
             points = sorted({e[0] for e in es} | {e[1] + 1 for e in es})
-            for a, nxt in zip(points, points[1:]):
-                tg = frozenset(t for lo, hi, t in es if lo <= a <= hi)
-                if not tg:
+            buckets: list[set[int]] = [set() for _ in range(len(points) - 1)]
+            for lo, hi, t in es:
+                for k in range(bisect_left(points, lo), bisect_left(points, hi + 1)):
+                    buckets[k].add(t)
+            for k, bucket in enumerate(buckets):
+                if not bucket:
                     continue
+                a, nxt = points[k], points[k + 1]
+                tg = frozenset(bucket)
                 j = by_targets.get(tg)
                 if j is None:
                     cl = close(tg)
@@ -259,19 +265,24 @@ def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
     n = trans.shape[0]
     # reverse reachability from accepting states
     src, byte = np.nonzero(trans >= 0)
-    dst = trans[src, byte]
-    order = np.argsort(dst, kind="stable")
-    src_sorted = src[order]
-    dst_sorted = dst[order]
+    dst = trans[src, byte].astype(np.int64)
+    pairs = np.unique(dst * n + src)  # deduplicated edges, sorted by destination
+    src_sorted = pairs % n
+    dst_sorted = pairs // n
     starts = np.searchsorted(dst_sorted, np.arange(n + 1))
     live = accepting.copy()
     stack = list(np.nonzero(accepting)[0])
+    src_list = src_sorted.tolist()
+    starts_list = starts.tolist()
+    live_list = live.tolist()
+    stack = [int(x) for x in stack]
     while stack:
         x = stack.pop()
-        for y in src_sorted[starts[x] : starts[x + 1]]:
-            if not live[y]:
-                live[y] = True
-                stack.append(int(y))
+        for y in src_list[starts_list[x] : starts_list[x + 1]]:
+            if not live_list[y]:
+                live_list[y] = True
+                stack.append(y)
+    live = np.array(live_list, dtype=bool)
     if not live[0]:
         raise EmptyLanguageError("the grammar matches no string")
     # forward reachability from 0 through live states, renumber in BFS order
@@ -279,13 +290,21 @@ def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
     new_id[0] = 0
     order_list = [0]
     k = 0
+    fwd_pairs = np.unique(src.astype(np.int64) * n + dst)
+    fwd_src = (fwd_pairs // n).tolist()
+    fwd_dst = (fwd_pairs % n).tolist()
+    fstarts = np.searchsorted(fwd_pairs // n, np.arange(n + 1)).tolist()
+    new_id_list = [-1] * n
+    new_id_list[0] = 0
+    del fwd_src
     while k < len(order_list):
         x = order_list[k]
         k += 1
-        for y in np.unique(trans[x]):
-            if y >= 0 and live[y] and new_id[y] < 0:
-                new_id[y] = len(order_list)
-                order_list.append(int(y))
+        for y in fwd_dst[fstarts[x] : fstarts[x + 1]]:
+            if live_list[y] and new_id_list[y] < 0:
+                new_id_list[y] = len(order_list)
+                order_list.append(y)
+    new_id = np.array(new_id_list, dtype=np.int64)
     keep = np.array(order_list)
     t = trans[keep]
     mapped = np.where(t >= 0, new_id[np.maximum(t, 0)], -1)

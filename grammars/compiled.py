@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from grammars.automaton import DEFAULT_MAX_STATES, Dfa, build_dfa
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa
+from grammars.errors import InvalidGrammarError, UnsupportedSchemaError
 from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
@@ -27,6 +28,7 @@ __all__ = ["CompiledGrammar", "Matcher", "compile", "clear_cache", "cache_dir"]
 
 _CACHE_VERSION = "1"
 _MEMORY_CACHE: dict[tuple[str, str], "CompiledGrammar"] = {}
+_DFA_CACHE: dict[str, Dfa] = {}  # byte DFAs are vocabulary-independent
 _LOCK = threading.Lock()
 
 
@@ -43,6 +45,7 @@ def clear_cache(*, disk: bool = False) -> None:
     """Drop the in-memory cache (and the disk cache with ``disk=True``)."""
     with _LOCK:
         _MEMORY_CACHE.clear()
+        _DFA_CACHE.clear()
     d = cache_dir()
     if disk and d is not None and d.exists():
         for f in d.glob("*.npz"):
@@ -289,7 +292,21 @@ def compile(  # noqa: A001 - the contract's name
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             compiled = None
     if compiled is None:
-        dfa = build_dfa(grammar.rules, max_states=max_states)
+        try:
+            dfa = _DFA_CACHE.get(grammar.fingerprint) if cache else None
+            if dfa is None:
+                dfa = build_dfa(grammar.rules, max_states=max_states)
+                if cache:
+                    _DFA_CACHE[grammar.fingerprint] = dfa
+        except NotRegularError as e:
+            if grammar.kind == "json_schema":
+                raise UnsupportedSchemaError(
+                    "$ref", e.rule.removeprefix("ref:"),
+                    "recursive schema: needs the context-free path (not yet available)",
+                ) from None
+            raise InvalidGrammarError(
+                "recursive rule: needs the context-free path (not yet available)", rule=e.rule
+            ) from None
         compiled = CompiledGrammar(grammar, vocab, dfa)
         if dfa.n_states <= eager_states:
             compiled.compute_masks()

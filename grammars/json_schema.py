@@ -192,7 +192,11 @@ class _Compiler:
             doc_id = doc.get(self.id_key) if isinstance(doc, dict) else None
             base = urljoin(uri, doc_id) if isinstance(doc_id, str) else uri
             resources.append((urldefrag(uri)[0], self._absolutize(doc, base)))
-        reg: Any = referencing.Registry()
+        try:
+            from jsonschema_specifications import REGISTRY as _META
+        except ImportError:  # pragma: no cover
+            _META = referencing.Registry()
+        reg: Any = _META
         for uri, doc in resources:
             reg = reg.with_resource(uri, self.spec.create_or_default(doc) if hasattr(self.spec, "create_or_default") else referencing.jsonschema.specification_with(
                 doc.get("$schema", "") if isinstance(doc, dict) else "", default=self.spec).create_resource(doc))
@@ -281,8 +285,12 @@ class _Compiler:
         a, b = self._tag(a), self._tag(b)
         out: dict[str, Any] = {}
         keys = list(dict.fromkeys([*a, *b]))
+        self._merge_objects(a, b, out)
+        self._merge_arrays(a, b, out)
         for k in keys:
             if k in _ANNOTATIONS and k not in ("then", "else"):
+                continue
+            if k in ("properties", "additionalProperties", "prefixItems", "items", "additionalItems"):
                 continue
             if k not in b:
                 out[k] = a[k]
@@ -310,23 +318,6 @@ class _Compiler:
                     out["enum"] = []
             elif k == "uniqueItems":
                 out[k] = bool(x) or bool(y)
-            elif k == "properties":
-                pa, pb = x, y
-                adda, addb = a.get("additionalProperties", True), b.get("additionalProperties", True)
-                props: dict[str, Any] = {}
-                for name in dict.fromkeys([*pa, *pb]):
-                    sa = pa.get(name, adda)
-                    sb = pb.get(name, addb)
-                    props[name] = {"allOf": [sa, sb]}
-                out[k] = props
-            elif k == "additionalProperties":
-                out[k] = {"allOf": [x, y]}
-            elif k in ("items", "additionalItems") and not isinstance(x, list) and not isinstance(y, list):
-                out[k] = {"allOf": [x, y]}
-            elif k == "prefixItems":
-                ia, ib = a.get("items", True), b.get("items", True)
-                n = max(len(x), len(y))
-                out[k] = [{"allOf": [x[i] if i < len(x) else ia, y[i] if i < len(y) else ib]} for i in range(n)]
             elif k == "if":
                 raise UnsupportedSchemaError("if", "", "if/then/else inside allOf")
             else:
@@ -335,12 +326,44 @@ class _Compiler:
                 if json.dumps(x, sort_keys=True) != json.dumps(y, sort_keys=True):
                     raise UnsupportedSchemaError(k, "", "conflicting values under allOf")
                 out[k] = x
-        # one-sided properties vs the other side's additionalProperties
-        if "properties" in a and "properties" not in b and "additionalProperties" in b:
-            out["properties"] = {n: {"allOf": [s, b["additionalProperties"]]} for n, s in a["properties"].items()}
-        if "properties" in b and "properties" not in a and "additionalProperties" in a:
-            out["properties"] = {n: {"allOf": [s, a["additionalProperties"]]} for n, s in b["properties"].items()}
         return out
+
+    @staticmethod
+    def _merge_objects(a: dict, b: dict, out: dict) -> None:
+        """properties/additionalProperties of an intersection: a key declared on one side only
+        meets the other side's additionalProperties (true when absent)."""
+        keys = ("properties", "additionalProperties")
+        if not any(k in a or k in b for k in keys):
+            return
+        pa, pb = a.get("properties", {}), b.get("properties", {})
+        adda, addb = a.get("additionalProperties", True), b.get("additionalProperties", True)
+        props: dict[str, Any] = {}
+        for name in dict.fromkeys([*pa, *pb]):
+            props[name] = {"allOf": [pa.get(name, adda), pb.get(name, addb)]}
+        if props:
+            out["properties"] = props
+        if "additionalProperties" in a or "additionalProperties" in b:
+            out["additionalProperties"] = {"allOf": [adda, addb]}
+
+    def _merge_arrays(self, a: dict, b: dict, out: dict) -> None:
+        """prefixItems/items of an intersection, position by position (each side's ``items``
+        covers the positions after its own prefix)."""
+
+        def split(x: dict) -> tuple[list[Any], Any]:
+            items = x.get("items", True)
+            if isinstance(items, list):  # draft <= 2019-09 tuple form
+                return list(items), x.get("additionalItems", True)
+            return list(x.get("prefixItems", [])), items
+
+        if not any(k in x for x in (a, b) for k in ("prefixItems", "items", "additionalItems")):
+            return
+        (xa, ia), (xb, ib) = split(a), split(b)
+        n = max(len(xa), len(xb))
+        if n:
+            out["prefixItems"] = [
+                {"allOf": [xa[i] if i < len(xa) else ia, xb[i] if i < len(xb) else ib]} for i in range(n)
+            ]
+        out["items"] = {"allOf": [ia, ib]}
 
     @staticmethod
     def _tag(s: Any) -> Any:
@@ -599,6 +622,8 @@ class _Compiler:
         prefix = list(s.get("prefixItems", []))
         if isinstance(items, list):  # draft <= 2019-09 tuple form
             prefix, items = items, s.get("additionalItems", True)
+        elif self.draft <= 2019 and "prefixItems" not in s and "additionalItems" in s:
+            pass  # additionalItems without a tuple-form items has no effect
         lo = int(s.get("minItems", 0))
         hi = s.get("maxItems")
         hi = None if hi is None else int(hi)
@@ -775,8 +800,8 @@ def schema_to_grammar(
     whitespace: Literal["compact", "flexible"] = "compact",
     property_order: Literal["schema", "any"] = "schema",
     registry: dict[str, Any] | None = None,
-    max_any_depth: int = 3,
-    max_whitespace: int = 12,
+    max_any_depth: int = 2,
+    max_whitespace: int = 8,
 ) -> Grammar:
     """Lower a JSON Schema to a :class:`Grammar` (see the module docstring for the semantics)."""
     if whitespace not in ("compact", "flexible"):

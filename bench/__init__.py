@@ -1,0 +1,1 @@
+"""Benchmarks and compliance runs (not part of the installed packages)."""
