@@ -95,7 +95,20 @@ class CompiledGrammar:
         if len(todo) == 0:
             return
         rows = np.zeros((len(todo), self.masks.shape[1]), dtype=np.uint32)
-        fill_rows(self._trans, todo, self.vocab.trie, rows)
+        body = _string_body_states(self._trans, todo)
+        if body.any():
+            # Inside an unbounded JSON string body every "plain" token (complete or partial plain
+            # UTF-8 characters) is allowed; only the few tokens with a quote, backslash or other
+            # byte need the walk (most of a schema's expensive states are of this kind).
+            plain = _plain_tokens(self.vocab)
+            sub = np.repeat(plain.mask[None, :], int(body.sum()), axis=0)
+            fill_rows(self._trans, todo[body], plain.other_trie, sub)
+            rows[body] = sub
+        rest = ~body
+        if rest.any():
+            sub = np.zeros((int(rest.sum()), self.masks.shape[1]), dtype=np.uint32)
+            fill_rows(self._trans, todo[rest], self.vocab.trie, sub)
+            rows[rest] = sub
         acc = self._accepting[todo]
         rows[acc] |= self._eos_words
         self.masks[todo] = rows
@@ -323,3 +336,82 @@ def compile(  # noqa: A001 - the contract's name
         with _LOCK:
             _MEMORY_CACHE[key] = compiled
     return compiled
+
+
+@dataclass(frozen=True)
+class _PlainTokens:
+    mask: np.ndarray  # uint32 words: tokens readable inside an unbounded JSON string body
+    other_trie: Any  # trie of every other token
+
+
+_PLAIN_CACHE: dict[str, _PlainTokens] = {}
+_CANON_BODY: list[Dfa] = []
+
+
+def _canon_body() -> Dfa:
+    """DFA of plain JSON string body characters (no quote, backslash or control), looped."""
+    if not _CANON_BODY:
+        from grammars import charclass as cc
+        from grammars.automaton import dfa_of
+        from grammars.ir import star
+
+        plain = cc.subtract(cc.ANY, ((0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)))
+        _CANON_BODY.append(dfa_of(star(cc.utf8_node(plain))))
+    return _CANON_BODY[0]
+
+
+def _plain_tokens(vocab: Vocabulary) -> _PlainTokens:
+    hit = _PLAIN_CACHE.get(vocab.fingerprint)
+    if hit is not None:
+        return hit
+    canon = _canon_body()
+    data, offsets = vocab.token_offsets
+    plain = np.zeros(vocab.size, dtype=bool)
+    for t in range(len(vocab.tokens)):
+        if vocab.special[t] or offsets[t] == offsets[t + 1]:
+            continue
+        plain[t] = walk_token(canon.trans, 0, data, offsets, t) >= 0
+    words = np.zeros((vocab.size + 31) // 32, dtype=np.uint32)
+    ids = np.nonzero(plain)[0]
+    np.bitwise_or.at(words, ids >> 5, (np.uint32(1) << (ids & 31).astype(np.uint32)))
+    out = _PlainTokens(mask=words, other_trie=vocab.subtrie(~plain))
+    _PLAIN_CACHE[vocab.fingerprint] = out
+    return out
+
+
+def _string_body_states(trans: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Which ``states`` behave like the canonical string-body loop on every plain byte sequence
+    (each plain character returns to the same state)."""
+    canon = _canon_body()
+    ascii_plain = np.array([b for b in range(0x20, 0x7F) if b not in (0x22, 0x5C)])
+    cand = (trans[states][:, ascii_plain] == states[:, None]).all(axis=1)
+    out = np.zeros(len(states), dtype=bool)
+    live_bytes = [np.nonzero(canon.trans[c] >= 0)[0] for c in range(canon.n_states)]
+    for i in np.nonzero(cand)[0]:
+        mapping = {0: int(states[i])}
+        queue = [0]
+        ok = True
+        while queue and ok:
+            c = queue.pop()
+            o = mapping[c]
+            bs = live_bytes[c]
+            c2s = canon.trans[c, bs]
+            o2s = trans[o, bs]
+            if (o2s < 0).any():
+                ok = False
+                break
+            for c2 in np.unique(c2s):
+                targets = np.unique(o2s[c2s == c2])
+                if len(targets) != 1:
+                    ok = False
+                    break
+                c2i, t = int(c2), int(targets[0])
+                if c2i in mapping:
+                    if mapping[c2i] != t:
+                        ok = False
+                        break
+                else:
+                    mapping[c2i] = t
+                    queue.append(c2i)
+        out[i] = ok
+    return out

@@ -7,7 +7,8 @@ backslash), character classes with ranges and negation, non-capturing groups ``(
 alternation and the quantifiers ``* + ? {m} {m,n}``. There are no lookarounds, backreferences,
 anchors, ``\\b``, flags or ``\\p{...}``; ``\\d``/``\\w`` are never used (explicit classes instead).
 Non-ASCII characters appear only inside classes: BMP code points as ``\\uXXXX`` escapes, code
-points above U+FFFF as literal characters. Surrogates (U+D800-U+DFFF) are never accepted.
+points above U+FFFF as literal characters. Positive classes never contain surrogates
+(U+D800-U+DFFF); negated classes such as ``[^/~]`` are meant over Unicode scalar values.
 
 Soundness rule: everything a regex accepts is a valid instance of its format (per the RFCs, the
 official JSON Schema Test Suite and the ``jsonschema`` package's ``FormatChecker``). When a format
@@ -119,7 +120,7 @@ _DUR_TIME = "T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)"
 _DUR_DATE = f"(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)?)(?:{_DUR_TIME})?"
 _DURATION = f"P(?:{_DUR_DATE}|{_DUR_TIME}|[0-9]+W)"
 
-_UUID = "{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}".format(h=_HEXDIG)
+_UUID = f"{_HEXDIG}{{8}}-{_HEXDIG}{{4}}-{_HEXDIG}{{4}}-{_HEXDIG}{{4}}-{_HEXDIG}{{12}}"
 
 
 # --- IPv6 (RFC 4291 section 2.2, as RFC 3986 writes it) -----------------------------------------
@@ -133,7 +134,7 @@ def _ipv6(min_elided: int = 1) -> str:
     """
     h16 = f"{_HEXDIG}{{1,4}}"
     alts = [f"(?:{h16}:){{7}}{h16}", f"(?:{h16}:){{6}}{_IPV4}"]
-    for right in range(0, 9 - min_elided):  # explicit groups after "::" (an IPv4 tail counts 2)
+    for right in range(9 - min_elided):  # explicit groups after "::" (an IPv4 tail counts 2)
         max_left = 8 - min_elided - right
         if max_left == 0:
             left = "::"
@@ -186,7 +187,7 @@ def _hostname(budget: int, sep: str = r"\.") -> str:
         m = min(63, (budget + 1) // k - 1)
         if m < 5:
             continue
-        if tiers and tiers[-1][1] == m:  # a tier with more labels of the same length wins
+        if tiers and tiers[-1][1] - m <= 1:  # more labels beat one more character per label
             tiers.pop()
         tiers.append((k, m))
     alts = []
@@ -360,7 +361,10 @@ FORMAT_NOTES: dict[str, str] = {
     "date": "exact (years 0001-9999, month lengths, Gregorian leap years)",
     "time": f"subset: {_LEAP}",
     "date-time": f"subset: {_LEAP}",
-    "duration": "exact (RFC 3339 appendix A ABNF)",
+    "duration": (
+        "exact (RFC 3339 appendix A ABNF) but for letter case: designators in upper case only "
+        "(ABNF literals are case-insensitive; ISO 8601 and checkers use upper case)"
+    ),
     "ipv4": "exact (dotted quad 0-255, no leading zeros)",
     "ipv6": "exact (RFC 4291 text forms incl. embedded IPv4; no zone id)",
     "uuid": "exact (8-4-4-4-12 hex digits, either case)",
@@ -371,8 +375,10 @@ FORMAT_NOTES: dict[str, str] = {
     ),
     "email": (
         "subset: dot-atom or quoted-string local part (<= 64 octets, dot-atoms with >= 33 atext "
-        "characters only without dots), host name domain of <= 189 characters or IPv4 / IPv6 "
-        "address literal; no General-address-literal"
+        "characters only without dots); domain: a host name as for hostname but with tiers of "
+        "up to 3 labels of <= 62, 8 of <= 22 or 16 of <= 10 characters (so the mailbox stays "
+        "<= 254 octets), or an IPv4 / IPv6 address literal ('IPv6:' spelled so, '::' eliding >= 2 "
+        "groups as RFC 5321 requires); no General-address-literal"
     ),
     "idn-email": (
         "subset: as email, plus non-ASCII characters in the local part (dot-atoms of <= 12 "

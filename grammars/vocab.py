@@ -181,8 +181,12 @@ class Vocabulary:
     @cached_property
     def trie(self) -> TokenTrie:
         """The flat token trie over non-special tokens with at least one byte."""
+        return self.subtrie(np.ones(self.size, dtype=bool))
+
+    def subtrie(self, keep: np.ndarray) -> TokenTrie:
+        """The flat token trie over the non-special, non-empty tokens with ``keep[id]`` set."""
         items = sorted(
-            (t, i) for i, t in enumerate(self.tokens) if t and not self.special[i]
+            (t, i) for i, t in enumerate(self.tokens) if t and not self.special[i] and keep[i]
         )
         byte: list[int] = [0]
         depth: list[int] = [0]
