@@ -318,7 +318,8 @@ def compile(  # noqa: A001 - the contract's name
                     "recursive schema: needs the context-free path (not yet available)",
                 ) from None
             raise InvalidGrammarError(
-                "recursive rule: needs the context-free path (not yet available)", rule=e.rule
+                "recursive rule: needs the context-free path (not yet available)",
+                rule=e.rule.split(":", 1)[-1],
             ) from None
         compiled = CompiledGrammar(grammar, vocab, dfa)
         if dfa.n_states <= eager_states:
