@@ -21,7 +21,7 @@ import numpy as np
 from grammars.errors import EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
 
-__all__ = ["NotRegularError", "Dfa", "build_dfa", "dfa_of", "product", "DEFAULT_MAX_STATES"]
+__all__ = ["NotRegularError", "Dfa", "build_dfa", "dfa_of", "minimize", "product", "DEFAULT_MAX_STATES"]
 
 DEFAULT_MAX_STATES = 200_000
 
@@ -258,7 +258,7 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
         i += 1
     trans = np.stack(rows) if rows else np.full((1, 256), -1, dtype=np.int32)
     accepting = np.array([0 in s for s in sets], dtype=bool)
-    return _trim(trans, accepting)
+    return minimize(_trim(trans, accepting))
 
 
 def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
@@ -358,4 +358,68 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
         acc = a.accepting[pa_arr] & acc_b[pb_arr]
     else:
         acc = a.accepting[pa_arr] & ~acc_b[pb_arr]
-    return _trim(np.stack(rows), acc)
+    return minimize(_trim(np.stack(rows), acc))
+
+
+def minimize(dfa: Dfa) -> Dfa:
+    """Moore partition refinement: merge states with the same future (identical masks too).
+
+    Works on the byte-class-compressed table (bytes that every state treats alike share a
+    column). Classes are split by a random floating-point hash of (class, successor classes) per round; the
+    final partition is verified exactly (each state's successor classes equal its class
+    representative's), falling back to exact row comparison in the (never observed) case of a
+    hash collision.
+    """
+    trans, acc = dfa.trans, dfa.accepting
+    n = trans.shape[0]
+    if n <= 2:
+        return dfa
+    cols, inv = np.unique(trans, axis=1, return_inverse=True)
+    inv = inv.ravel()
+    k = cols.shape[1]
+    rng = np.random.default_rng(0x5EED)
+    # integer weights < 2**20 times values < 2**24 summed over <= 257 terms stay below 2**53, so
+    # the float64 matmul (BLAS) is exact whatever its summation order
+    r1 = rng.integers(1, 2**20, size=k + 1).astype(np.float64)
+    cls = acc.astype(np.int64)
+    n_cls = int(cls.max()) + 1
+
+    def refine(cls: np.ndarray, exact: bool) -> np.ndarray:
+        nxt = np.where(cols >= 0, cls[np.maximum(cols, 0)], -1) + 1  # (n, k), 0 = dead
+        if exact:
+            sig = np.concatenate([cls[:, None], nxt], axis=1)
+            _, new = np.unique(sig, axis=0, return_inverse=True)
+            return new.ravel().astype(np.int64)
+        h = nxt.astype(np.float64) @ r1[:k] + cls.astype(np.float64) * r1[k]
+        _, new = np.unique(h, return_inverse=True)
+        return new.ravel().astype(np.int64)
+
+    exact = False
+    while True:
+        new = refine(cls, exact)
+        n_new = int(new.max()) + 1
+        if n_new == n_cls:
+            # verify: successor classes equal the representative's for every state
+            rep = np.zeros(n_new, dtype=np.int64)
+            rep[new[::-1]] = np.arange(n)[::-1]
+            nxt = np.where(cols >= 0, new[np.maximum(cols, 0)], -1)
+            if (nxt == nxt[rep[new]]).all() and (acc == acc[rep[new]]).all():
+                cls = new
+                break
+            if exact:  # pragma: no cover - cannot happen: exact refinement is stable here
+                raise AssertionError("minimization failed to converge")
+            exact, cls, n_cls = True, acc.astype(np.int64), int(acc.max()) + 1
+            continue
+        cls, n_cls = new, n_new
+    if n_cls == n:
+        return dfa
+    # class of the start state first, then the others
+    order = np.argsort(cls != cls[0], kind="stable")
+    rep = np.zeros(n_cls, dtype=np.int64)
+    rep[cls[order[::-1]]] = order[::-1]
+    remap = np.empty(n_cls, dtype=np.int64)
+    firsts = [cls[0]] + [c for c in range(n_cls) if c != cls[0]]
+    remap[np.array(firsts)] = np.arange(n_cls)
+    t = trans[rep[np.array(firsts)]]
+    mapped = np.where(t >= 0, remap[cls[np.maximum(t, 0)]], -1).astype(np.int32)
+    return _trim(mapped, acc[rep[np.array(firsts)]])
