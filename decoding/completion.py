@@ -1,0 +1,99 @@
+"""What a generation returns: :class:`Completion` and its :class:`GenerationStats`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Completion", "FinishReason", "GenerationStats"]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationStats:
+    """Timings and counts of one ``generate`` call (shared by the ``n`` completions of a batch).
+
+    ``token_seconds[i]``: wall time from choosing token ``i-1`` to choosing token ``i``
+    (``token_seconds[0]`` is the time to first token). ``constraint_seconds``: time spent filling,
+    applying and advancing the grammar (the constraint's overhead). ``mask_fills`` and
+    ``constraint_checks`` (tokens advanced through the matcher) count matcher calls.
+    """
+
+    compile_seconds: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    batch_size: int = 1
+    prefill_seconds: float = 0.0
+    time_to_first_token: float = 0.0
+    total_seconds: float = 0.0
+    token_seconds: list[float] = field(default_factory=list)
+    constraint_seconds: float = 0.0
+    mask_fills: int = 0
+    constraint_checks: int = 0
+    model_calls: int = 0
+
+    @property
+    def decode_seconds(self) -> float:
+        """Time after the first token (the steady decoding phase)."""
+        return sum(self.token_seconds[1:])
+
+    @property
+    def ms_per_token(self) -> float:
+        """Mean decode step time in ms, first token (prefill) excluded; nan with < 2 tokens."""
+        n = len(self.token_seconds) - 1
+        return 1000.0 * self.decode_seconds / n if n > 0 else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode throughput per sequence (tokens after the first / their time)."""
+        d = self.decode_seconds
+        n = len(self.token_seconds) - 1
+        return n / d if n > 0 and d > 0 else float("nan")
+
+    @property
+    def constraint_ms_per_token(self) -> float:
+        n = len(self.token_seconds)
+        return 1000.0 * self.constraint_seconds / n if n else float("nan")
+
+    def summary(self) -> str:
+        """A few human-readable lines (what the CLI's ``--stats`` prints)."""
+        lines = [
+            f"compile: {1000 * self.compile_seconds:.1f} ms",
+            (
+                f"prompt tokens: {self.prompt_tokens}, generated tokens: {self.generated_tokens}"
+                + (f" (batch {self.batch_size})" if self.batch_size > 1 else "")
+            ),
+            f"time to first token: {1000 * self.time_to_first_token:.0f} ms",
+            f"decode: {self.ms_per_token:.1f} ms/token, {self.tokens_per_second:.2f} tokens/s",
+            (
+                f"constraint: {self.constraint_ms_per_token:.3f} ms/token "
+                f"({self.mask_fills} mask fills, {self.constraint_checks} checks)"
+            ),
+            f"total: {self.total_seconds:.2f} s",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class Completion:
+    """One generated output.
+
+    ``text``: the output decoded from the vocabulary's exact token bytes (``raw``; EOS excluded).
+    ``value``: for a JSON Schema, the parsed JSON (a pydantic instance when the schema was a
+    pydantic model class); for other constraints and for unconstrained output, the text itself;
+    always ``None`` when ``finish_reason`` is ``"length"`` (output cut by ``max_tokens`` is never
+    passed off as valid). ``tokens``: the generated token ids, EOS excluded. ``finish_reason``:
+    ``"stop"`` when the model ended the output (an EOS the constraint allowed, or the only token it
+    allowed), ``"length"`` when ``max_tokens`` cut it.
+    """
+
+    text: str
+    value: Any
+    tokens: list[int]
+    finish_reason: FinishReason
+    stats: GenerationStats
+    raw: bytes = b""
+
+    def __str__(self) -> str:
+        return self.text
