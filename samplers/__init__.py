@@ -7,6 +7,9 @@
 - :func:`smc`: sequential Monte Carlo over particles (Loula et al. 2025; Lew et al. 2023) that
   corrects the distortion of local constraint enforcement; resampling schemes in
   :mod:`samplers.resampling`.
+- :class:`ASApSampler`: grammar-aligned decoding with ASAp (Park et al. 2024, "Grammar-Aligned
+  Decoding"): a persistent trie of sampled prefixes whose expected-future-grammaticality estimates
+  make the samples converge to the model conditioned on the constraint.
 - :func:`enumerate_distributions` / :func:`kl_divergence`: exact answers for toy models.
 
 The contracts (:class:`Matcher`, :class:`LanguageModel`, :class:`TokenSampler`,
@@ -14,6 +17,13 @@ The contracts (:class:`Matcher`, :class:`LanguageModel`, :class:`TokenSampler`,
 samplers <- decoding; this package imports neither grammars nor decoding.
 """
 
+from samplers.asap import (
+    ASApEmptyLanguageError,
+    ASApSample,
+    ASApSampler,
+    ASApTrieFullError,
+    MatcherSource,
+)
 from samplers.awrs import AWRSEstimator, AWRSSampler, expected_first_round_checks
 from samplers.exact import ExactDistributions, enumerate_distributions, kl_divergence
 from samplers.masked import GreedySampler, MaskedSampler
@@ -29,6 +39,10 @@ from samplers.smc import LogPotential, Particle, ParticleStatus, SMCResult, smc
 
 __all__ = [
     "RESAMPLING_METHODS",
+    "ASApEmptyLanguageError",
+    "ASApSample",
+    "ASApSampler",
+    "ASApTrieFullError",
     "AWRSEstimator",
     "AWRSSampler",
     "ExactDistributions",
@@ -37,6 +51,7 @@ __all__ = [
     "LogPotential",
     "MaskedSampler",
     "Matcher",
+    "MatcherSource",
     "Particle",
     "ParticleStatus",
     "RandomGenerator",
