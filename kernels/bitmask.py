@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bitmask_size", "allocate_token_bitmask", "bitmask_to_bool", "bool_to_bitmask"]
+__all__ = ["allocate_token_bitmask", "bitmask_size", "bitmask_to_bool", "bool_to_bitmask"]
 
 
 def bitmask_size(vocab_size: int) -> int:
