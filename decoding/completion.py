@@ -18,6 +18,18 @@ class GenerationStats:
     (``token_seconds[0]`` is the time to first token). ``constraint_seconds``: time spent filling,
     applying and advancing the grammar (the constraint's overhead). ``mask_fills`` and
     ``constraint_checks`` (tokens advanced through the matcher) count matcher calls.
+
+    With the weighted samplers (``sampler="awrs"|"smc"|"asap"``) some fields read differently:
+    ``token_seconds[i]`` is the time of decoding step ``i`` (one batched model call for all live
+    rows, then one token sampler call per row; for ``asap``, one entry per expanded prefix);
+    ``constraint_checks`` is the token sampler's count (``samplers.SampleResult.n_checks``: one per
+    ``check_token`` call, plus the vocabulary size for every full-mask fill; ASAp fills one full
+    mask per expanded prefix, also counted in ``mask_fills``); ``constraint_seconds`` is the time
+    spent outside the model in the decoding loop (token sampler, constraint checks, resampling).
+    ``sampled_tokens``: token sampler calls over all rows (EOS included; for greedy/sample, the
+    tokens advanced through the matcher), so :attr:`checks_per_token` is the mean constraint work
+    per token. ``model_seconds``: time inside model calls. ``resamples``: SMC resampling steps.
+    ``batch_size`` is the number of rows decoded together (``n``, or ``n_particles`` for SMC).
     """
 
     compile_seconds: float = 0.0
@@ -32,6 +44,15 @@ class GenerationStats:
     mask_fills: int = 0
     constraint_checks: int = 0
     model_calls: int = 0
+    sampler: str = "greedy"
+    sampled_tokens: int = 0
+    model_seconds: float = 0.0
+    resamples: int = 0
+
+    @property
+    def checks_per_token(self) -> float:
+        """``constraint_checks / sampled_tokens`` (nan before any token): see the class docstring."""
+        return self.constraint_checks / self.sampled_tokens if self.sampled_tokens else float("nan")
 
     @property
     def decode_seconds(self) -> float:
@@ -72,6 +93,13 @@ class GenerationStats:
             ),
             f"total: {self.total_seconds:.2f} s",
         ]
+        if self.sampler not in ("greedy", "sample"):
+            lines.insert(
+                -1,
+                f"sampler: {self.sampler}, {self.checks_per_token:.2f} checks/token "
+                f"over {self.sampled_tokens} sampled tokens"
+                + (f", {self.resamples} resamplings" if self.sampler == "smc" else ""),
+            )
         return "\n".join(lines)
 
 
@@ -86,6 +114,21 @@ class Completion:
     passed off as valid). ``tokens``: the generated token ids, EOS excluded. ``finish_reason``:
     ``"stop"`` when the model ended the output (an EOS the constraint allowed, or the only token it
     allowed), ``"length"`` when ``max_tokens`` cut it.
+
+    Fields set by the weighted samplers (``None`` otherwise; see :func:`decoding.generate`). With
+    ``P`` the model (tempered when ``temperature != 1``) and ``c`` the constraint:
+
+    - ``log_prob``: ``log P(tokens + EOS)`` for a finished output (``awrs``, ``smc``, ``asap``);
+      ``log P(tokens)`` for one cut by ``max_tokens``.
+    - ``log_weight``: the log importance weight of this output, properly weighted for ``P * c``
+      (``E[w f(x)] = sum_x P(x) c(x) f(x)``, so ``w`` alone is an unbiased estimate of ``Z = sum_x
+      P(x) c(x)``): the product of AWRS's per-token weights (``awrs``), or ``log P(x) - log q(x)``
+      with ``q`` the ASAp trie's proposal when it drew ``x`` (``asap``). ``None`` for ``smc``
+      (see ``log_ml``) and for outputs cut by ``max_tokens``.
+    - ``log_ml``: SMC's log marginal-likelihood estimate (``exp(log_ml)`` is unbiased for ``Z``);
+      ``-inf`` when no particle finished (``finish_reason`` is then ``"length"``).
+    - ``posterior``: SMC's posterior over distinct output texts (text -> normalized weight, most
+      probable first); ``text`` is one draw from it.
     """
 
     text: str
@@ -94,6 +137,10 @@ class Completion:
     finish_reason: FinishReason
     stats: GenerationStats
     raw: bytes = b""
+    log_prob: float | None = None
+    log_weight: float | None = None
+    log_ml: float | None = None
+    posterior: dict[str, float] | None = None
 
     def __str__(self) -> str:
         return self.text

@@ -6,11 +6,22 @@ token (greedy, or sampling with temperature/top-k/top-p over the allowed tokens 
 the matcher. EOS is allowed exactly when the grammar accepts; when EOS is the *only* allowed token
 the output ends without another model call (the choice is forced). No Python work per vocabulary
 entry happens in the loop.
+
+The weighted samplers go through :mod:`samplers` instead, with a :class:`decoding.lm_adapter.
+PromptLM` as the model (one batched forward per step over all live rows, the prompt's KV cache
+shared): ``"awrs"`` (adaptive weighted rejection sampling, Lipkin, LeBrun et al. 2025: checks only
+the tokens it draws, each output with its importance weight), ``"smc"`` (sequential Monte Carlo,
+Loula et al. 2025, with AWRS as proposal: the output is drawn from the particles' posterior, with
+the log marginal-likelihood estimate) and ``"asap"`` (grammar-aligned decoding, Park et al. 2024:
+``n`` samples from a trie of expected future grammaticality kept by the :class:`Generator`, so
+later calls continue to converge). See :func:`generate`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -19,7 +30,7 @@ from typing import Any, Literal
 import grammars
 from decoding.completion import Completion, GenerationStats
 from decoding.model import Model, Prompt, load_model
-from decoding.sampling import SamplerName, choose_tokens, validate_sampling
+from decoding.sampling import WEIGHTED_SAMPLERS, SamplerName, choose_tokens, validate_sampling
 from grammars import Grammar
 
 __all__ = ["DecodingError", "Generator", "build_grammar", "generate"]
@@ -31,6 +42,76 @@ PropertyOrder = Literal["schema", "any"]
 class DecodingError(RuntimeError):
     """Generation cannot continue (a dead end: the constraint allows no token for this
     vocabulary), or a finished output fails to parse (a compiler bug, never silently ignored)."""
+
+
+# AWRS falls back to one full mask after this many rejections in a token (bounds the worst case,
+# e.g. only EOS allowed while the model wants to go on; the weights stay exact).
+AWRS_MAX_REJECTS = 256
+# ASAp trie: nodes store every grammatical token's probability (up to the whole vocabulary per
+# node), so the cap bounds memory; ASAp tries kept per Generator (one per prompt and settings).
+ASAP_MAX_NODES = 2048
+ASAP_TRIES_KEPT = 4
+
+
+def _validate_smc(n_particles: int, ess_threshold: float) -> None:
+    if not isinstance(n_particles, int) or n_particles < 1:
+        raise ValueError(f"n_particles must be a positive integer, got {n_particles!r}")
+    if not ess_threshold >= 0.0:
+        raise ValueError(f"ess_threshold must be >= 0, got {ess_threshold!r}")
+
+
+class _Recorder:
+    """Wraps a ``samplers.LanguageModel``: times its calls, counts the rows, and keeps
+    ``log P`` of every sequence whose parent was in the previous call (always so in SMC)."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        self.vocab_size = lm.vocab_size
+        self.eos_token_id = lm.eos_token_id
+        self.call_starts: list[float] = []
+        self.model_seconds = 0.0
+        self.rows = 0
+        self._cum: dict[tuple[int, ...], float] = {(): 0.0}
+        self._eos_lp: dict[tuple[int, ...], float] = {}
+        self._index: dict[tuple[int, ...], int] = {}
+        self._lp: Any = None
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]]) -> Any:
+        t0 = time.perf_counter()
+        self.call_starts.append(t0)
+        out = self.lm.next_token_logprobs(sequences)
+        self.model_seconds += time.perf_counter() - t0
+        self.rows += len(sequences)
+        eos_col = out[:, self.eos_token_id].tolist()
+        index: dict[tuple[int, ...], int] = {}
+        cum, prev, prev_lp = self._cum, self._index, self._lp
+        for r, seq in enumerate(sequences):
+            key = tuple(seq)
+            if key not in cum:
+                parent = prev.get(key[:-1])
+                cum[key] = (
+                    cum[key[:-1]] + float(prev_lp[parent, key[-1]])
+                    if parent is not None and key[:-1] in cum
+                    else float("nan")
+                )
+            self._eos_lp[key] = eos_col[r]
+            index[key] = r
+        self._index, self._lp = index, out
+        return out
+
+    def log_prob(self, tokens: Sequence[int], finished: bool) -> float | None:
+        """``log P(tokens + EOS)`` (``finished``) or ``log P(tokens)``; None if not tracked."""
+        key = tuple(tokens)
+        value = self._cum.get(key, float("nan"))
+        if finished:
+            value += self._eos_lp.get(key, float("nan"))
+        return None if math.isnan(value) else value
+
+    def step_seconds(self, t_start: float, t_end: float) -> list[float]:
+        """Wall time of each step: from one model call's start to the next (the first from
+        ``t_start``: the prompt and the first step; the last until ``t_end``)."""
+        marks = [t_start, *self.call_starts[1:], t_end]
+        return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def _is_pydantic_model(obj: Any) -> bool:
@@ -101,6 +182,10 @@ class Generator:
     bool, or a pydantic model class) or one of ``schema=`` / ``regex=`` / ``grammar=`` (Grammar or
     Lark text) / ``choices=``; none of them means unconstrained text. The other keywords are
     defaults for :meth:`generate`, which can override each one per call.
+
+    With ``sampler="asap"`` the Generator keeps the ASAp trie of each (prompt, ``max_tokens``,
+    ``temperature``) it sampled (the last few), so repeated calls keep converging to the model
+    conditioned on the constraint; :meth:`asap_sampler` returns it.
     """
 
     def __init__(
@@ -120,6 +205,8 @@ class Generator:
         top_k: int | None = None,
         top_p: float | None = None,
         chat: bool | None = None,
+        n_particles: int = 8,
+        ess_threshold: float = 0.5,
     ) -> None:
         keyword = build_grammar(
             schema=schema,
@@ -135,6 +222,7 @@ class Generator:
             constraint, whitespace, property_order
         )
         validate_sampling(sampler, temperature, top_k, top_p)
+        _validate_smc(n_particles, ess_threshold)
         self._defaults: dict[str, Any] = {
             "sampler": sampler,
             "max_tokens": max_tokens,
@@ -142,7 +230,10 @@ class Generator:
             "top_k": top_k,
             "top_p": top_p,
             "chat": chat,
+            "n_particles": n_particles,
+            "ess_threshold": ess_threshold,
         }
+        self._asap: dict[tuple[Any, ...], Any] = {}  # (prompt ids, settings) -> ASApSampler
         # what .value parses into
         src = schema if schema is not None else constraint
         self._pydantic = src if _is_pydantic_model(src) else None
@@ -243,16 +334,22 @@ class Generator:
         seed: int | None = None,
         n: int = 1,
         chat: bool | None = None,
+        n_particles: int | None = None,
+        ess_threshold: float | None = None,
     ) -> Completion | list[Completion]:
         """Generate for ``prompt`` (text, or a list of chat messages).
 
         Returns one :class:`Completion`, or with ``n > 1`` a list of ``n`` completions decoded as
         one batch (independent samples; all identical under greedy decoding). ``seed`` seeds a
-        private ``torch.Generator``: the same seed gives the same output.
+        private random generator: the same seed gives the same output. For the weighted samplers
+        (``"awrs"``, ``"smc"``, ``"asap"``; ``n_particles`` and ``ess_threshold`` are SMC's) see
+        :func:`generate`.
         """
         import torch
 
         d = self._defaults
+        n_particles = d["n_particles"] if n_particles is None else n_particles
+        ess_threshold = d["ess_threshold"] if ess_threshold is None else ess_threshold
         sampler = d["sampler"] if sampler is None else sampler
         max_tokens = d["max_tokens"] if max_tokens is None else max_tokens
         temperature = d["temperature"] if temperature is None else temperature
@@ -265,7 +362,15 @@ class Generator:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
 
+        _validate_smc(n_particles, ess_threshold)
+        if sampler in WEIGHTED_SAMPLERS and self.compiled is None:
+            raise ValueError(f"sampler={sampler!r} needs a constraint (schema, regex, grammar or choices)")
+
         with torch.inference_mode():
+            if sampler in WEIGHTED_SAMPLERS:
+                return self._run_weighted(
+                    prompt, sampler, max_tokens, temperature, seed, n, chat, n_particles, ess_threshold
+                )
             return self._run(prompt, sampler, max_tokens, temperature, top_k, top_p, seed, n, chat)
 
     def _run(
@@ -288,7 +393,7 @@ class Generator:
         vocab = model.vocab
         eos = self._eos
         compiled = self.compiled
-        stats = GenerationStats(compile_seconds=self.compile_seconds, batch_size=n)
+        stats = GenerationStats(compile_seconds=self.compile_seconds, batch_size=n, sampler=sampler)
         rng = None
         if seed is not None:
             rng = torch.Generator(device="cpu")
@@ -338,6 +443,7 @@ class Generator:
                 raise
             t0 = time.perf_counter()
             still: list[int] = []
+            stats.sampled_tokens += len(active)
             for r in active:
                 t = chosen[r]
                 if matchers is not None:
@@ -391,6 +497,221 @@ class Generator:
             out.append(Completion(text, value, tokens[r], reason, stats, raw))  # type: ignore[arg-type]
         return out[0] if n == 1 else out
 
+    # ---- weighted samplers (samplers package) ---------------------------------------------------
+    def asap_sampler(
+        self, prompt: Prompt, *, max_tokens: int | None = None, temperature: float | None = None,
+        chat: bool | None = None,
+    ) -> Any:
+        """The ASAp sampler (``samplers.ASApSampler``, its trie) this Generator keeps for these
+        settings, or None if ``sampler="asap"`` has not run with them."""
+        d = self._defaults
+        ids = self.model.encode(prompt, chat=d["chat"] if chat is None else chat)
+        key = (
+            tuple(ids),
+            d["max_tokens"] if max_tokens is None else max_tokens,
+            float(d["temperature"] if temperature is None else temperature),
+        )
+        return self._asap.get(key)
+
+    def _completion(
+        self, tokens: Sequence[int], finished: bool, stats: GenerationStats, **extra: Any
+    ) -> Completion:
+        raw = self.model.vocab.decode(list(tokens))
+        if finished:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("utf-8", errors="replace")
+            value = self._value(text)
+        else:
+            text = raw.decode("utf-8", errors="replace")
+            value = None
+        reason = "stop" if finished else "length"
+        return Completion(text, value, list(tokens), reason, stats, raw, **extra)  # type: ignore[arg-type]
+
+    def _run_weighted(
+        self,
+        prompt: Prompt,
+        sampler: str,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        n: int,
+        chat: bool | None,
+        n_particles: int,
+        ess_threshold: float,
+    ) -> Completion | list[Completion]:
+        import numpy as np
+
+        from decoding.lm_adapter import PromptLM
+
+        rng = np.random.default_rng(seed)  # numpy: cheaper per draw than torch for one row
+        t_start = time.perf_counter()
+        ids = self.model.encode(prompt, chat=chat)
+
+        if sampler == "asap":
+            return self._run_asap(ids, max_tokens, temperature, rng, n, t_start)
+
+        lm = PromptLM(self.model, ids, temperature=temperature, max_new_tokens=max_tokens)
+        if sampler == "awrs":  # n independent AWRS sequences in one batch: SMC without resampling
+            out = self._run_smc(lm, ids, max_tokens, rng, n, 0.0, t_start, "awrs")
+            return out[0] if n == 1 else out
+        runs = [
+            self._run_smc(lm, ids, max_tokens, rng, n_particles, ess_threshold, t_start, "smc")[0]
+            for _ in range(n)
+        ]
+        return runs[0] if n == 1 else runs
+
+    def _run_smc(
+        self,
+        lm: Any,
+        ids: list[int],
+        max_tokens: int,
+        rng: Any,
+        n_particles: int,
+        ess_threshold: float,
+        t_start: float,
+        mode: str,
+    ) -> list[Completion]:
+        """``mode="awrs"``: one completion per particle (no resampling); ``"smc"``: one completion
+        drawn from the posterior of one SMC run."""
+        import numpy as np
+
+        from samplers import AWRSSampler, smc
+
+        stats = GenerationStats(
+            compile_seconds=self.compile_seconds,
+            batch_size=n_particles,
+            sampler=mode,
+            prompt_tokens=len(ids),
+        )
+        t0 = time.perf_counter()
+        lm.prefill()
+        stats.prefill_seconds = time.perf_counter() - t0
+        forwards0 = lm.n_forwards
+        rec = _Recorder(lm)
+        res = smc(
+            rec,
+            self.compiled.matcher(),
+            n_particles=n_particles,
+            max_tokens=max_tokens,
+            sampler=AWRSSampler(max_rejects=AWRS_MAX_REJECTS),
+            ess_threshold=ess_threshold,
+            generator=rng,
+        )
+        t_end = time.perf_counter()
+        stats.token_seconds = rec.step_seconds(t_start, t_end)
+        stats.time_to_first_token = stats.token_seconds[0] if stats.token_seconds else 0.0
+        stats.total_seconds = t_end - t_start
+        stats.model_seconds = rec.model_seconds
+        stats.model_calls = 1 + lm.n_forwards - forwards0  # the prompt, then the steps
+        stats.constraint_checks = res.n_checks
+        stats.mask_fills = 0
+        stats.sampled_tokens = rec.rows
+        stats.constraint_seconds = max(0.0, (t_end - t0) - stats.prefill_seconds - rec.model_seconds)
+        stats.resamples = len(res.resampled_at)
+        stats.generated_tokens = max(
+            (len(p.output) for p in res.particles if p.status != "dead"), default=0
+        )
+
+        def dead_end(tokens: Sequence[int]) -> DecodingError:
+            text = self.model.vocab.decode(list(tokens))
+            return DecodingError(
+                f"dead end: no allowed token has positive probability after {text!r}"
+            )
+
+        if mode == "awrs":
+            out: list[Completion] = []
+            for p in res.particles:
+                if p.status == "dead":
+                    raise dead_end(p.tokens)
+                finished = p.status == "finished"
+                out.append(
+                    self._completion(
+                        p.output,
+                        finished,
+                        stats,
+                        log_prob=rec.log_prob(p.output, finished),
+                        log_weight=p.log_weight if finished else None,
+                    )
+                )
+            return out
+
+        if res.posterior:
+            outputs = list(res.posterior)
+            probs = np.asarray(list(res.posterior.values()), dtype=np.float64)
+            pick = outputs[int(rng.choice(len(outputs), p=probs / probs.sum()))]
+            posterior: dict[str, float] = {}
+            for key, w in res.posterior.items():
+                text = self.model.vocab.decode(list(key)).decode("utf-8", errors="replace")
+                posterior[text] = posterior.get(text, 0.0) + w
+            posterior = dict(sorted(posterior.items(), key=lambda kv: -kv[1]))
+            return [
+                self._completion(
+                    pick, True, stats, log_prob=rec.log_prob(pick, True), log_ml=res.log_ml,
+                    posterior=posterior,
+                )
+            ]
+        cut = [p for p in res.particles if p.status == "truncated"]
+        if not cut:
+            raise dead_end(max(res.particles, key=lambda p: len(p.tokens)).tokens)
+        best = max(cut, key=lambda p: p.log_weight)
+        return [
+            self._completion(
+                best.output, False, stats, log_prob=rec.log_prob(best.output, False),
+                log_ml=-math.inf, posterior={},
+            )
+        ]
+
+    def _run_asap(
+        self, ids: list[int], max_tokens: int, temperature: float, rng: Any, n: int, t_start: float
+    ) -> Completion | list[Completion]:
+        from decoding.lm_adapter import PromptLM
+        from samplers import ASApEmptyLanguageError, ASApSampler
+
+        key = (tuple(ids), max_tokens, float(temperature))
+        asap = self._asap.pop(key, None)
+        if asap is None:
+            lm = _Recorder(PromptLM(self.model, ids, temperature=temperature))
+            asap = ASApSampler(
+                lm, self.compiled.matcher(), max_tokens=max_tokens, max_nodes=ASAP_MAX_NODES
+            )
+        self._asap[key] = asap  # most recently used last
+        while len(self._asap) > ASAP_TRIES_KEPT:
+            self._asap.pop(next(iter(self._asap)))
+        rec: _Recorder = asap.model
+        asap.generator = rng
+        stats = GenerationStats(
+            compile_seconds=self.compile_seconds, batch_size=1, sampler="asap",
+            prompt_tokens=len(ids),
+        )
+        calls0, rows0, model0 = len(rec.call_starts), rec.rows, rec.model_seconds
+        forwards0 = rec.lm.n_forwards
+        try:
+            samples = asap.sample_many(n)
+        except ASApEmptyLanguageError as exc:
+            raise DecodingError(str(exc)) from exc
+        t_end = time.perf_counter()
+        marks = [t_start, *rec.call_starts[calls0 + 1 :], t_end]
+        stats.token_seconds = [b - a for a, b in itertools.pairwise(marks)]
+        stats.time_to_first_token = stats.token_seconds[0]
+        stats.total_seconds = t_end - t_start
+        stats.model_seconds = rec.model_seconds - model0
+        stats.model_calls = rec.lm.n_forwards - forwards0
+        stats.mask_fills = rec.rows - rows0
+        stats.constraint_checks = stats.mask_fills * self.model.vocab.size
+        stats.sampled_tokens = sum(len(smp.tokens) + 1 for smp in samples)
+        stats.constraint_seconds = max(0.0, stats.total_seconds - stats.model_seconds)
+        stats.generated_tokens = max(len(smp.tokens) for smp in samples)
+        out = [
+            self._completion(
+                smp.tokens, True, stats, log_prob=smp.log_prob_model,
+                log_weight=smp.log_prob_model - smp.log_prob_proposal,
+            )
+            for smp in samples
+        ]
+        return out[0] if n == 1 else out
+
 
 def generate(
     prompt: Prompt,
@@ -410,6 +731,8 @@ def generate(
     chat: bool = True,
     whitespace: Whitespace = "compact",
     property_order: PropertyOrder = "schema",
+    n_particles: int = 8,
+    ess_threshold: float = 0.5,
 ) -> Completion | list[Completion]:
     """Generate text for ``prompt`` under at most one constraint.
 
@@ -421,8 +744,31 @@ def generate(
     ``top_k``, ``top_p`` apply over the allowed tokens only; ``seed`` makes it reproducible).
     ``n > 1`` returns a list of ``n`` completions. A thin wrapper over :class:`Generator`
     (the compiled grammar is cached, so repeated calls do not recompile).
+
+    Weighted samplers (they need a constraint, take ``temperature > 0`` and no ``top_k`` /
+    ``top_p``; ``P`` below is the model, tempered when ``temperature != 1``, ``c`` the constraint
+    and ``max_tokens`` counts the final EOS):
+
+    - ``"awrs"``: adaptive weighted rejection sampling per token (checks only the tokens it draws;
+      ``stats.checks_per_token``). ``n`` rows decode as one batch; each completion carries
+      ``log_weight``, its importance weight for ``P * c`` (exact outputs of locally constrained
+      sampling, reweighted), and ``log_prob``.
+    - ``"smc"``: sequential Monte Carlo with ``n_particles`` particles (AWRS proposal, systematic
+      resampling when the effective sample size falls under ``ess_threshold * n_particles``), all
+      live particles in one batched forward per step. The completion is drawn from the particles'
+      posterior (an approximate sample of ``P`` conditioned on ``c``) and carries ``log_ml`` (the
+      log marginal-likelihood estimate) and ``posterior`` (text -> weight). ``n > 1``: ``n``
+      independent runs.
+    - ``"asap"``: ``n`` samples from ASAp's trie (grammar-aligned decoding), each with ``log_prob``
+      (the model's log-probability of the output and EOS) and ``log_weight`` (``log P - log q``);
+      a :class:`Generator` keeps the trie across calls.
+
+    Under every sampler, an output cut by ``max_tokens`` has ``finish_reason == "length"`` and
+    ``value is None`` (an SMC run where no particle finished returns its best cut particle that
+    way, with ``log_ml = -inf``).
     """
     validate_sampling(sampler, temperature, top_k, top_p)
+    _validate_smc(n_particles, ess_threshold)
     gen = Generator(
         model,
         schema=schema,
@@ -442,4 +788,6 @@ def generate(
         seed=seed,
         n=n,
         chat=chat,
+        n_particles=n_particles,
+        ess_threshold=ess_threshold,
     )

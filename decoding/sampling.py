@@ -3,24 +3,36 @@
 The grammar mask is applied first (disallowed logits are -inf), so temperature, top-k and top-p
 only ever reshape the distribution over allowed tokens: the model conditioned token by token on
 the constraint (locally constrained decoding; the properly weighted samplers live in ``samplers``).
+
+:data:`SamplerName` also names the weighted samplers the generator runs through ``samplers``
+(``"awrs"``, ``"smc"``, ``"asap"``; see :mod:`decoding.generator`): they take ``temperature > 0``
+and no ``top_k`` / ``top_p`` (truncation would change the distribution they are exact for).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-__all__ = ["SamplerName", "choose_tokens", "validate_sampling"]
+__all__ = ["SAMPLERS", "WEIGHTED_SAMPLERS", "SamplerName", "choose_tokens", "validate_sampling"]
 
-SamplerName = Literal["greedy", "sample"]
+SamplerName = Literal["greedy", "sample", "awrs", "smc", "asap"]
+SAMPLERS: tuple[str, ...] = ("greedy", "sample", "awrs", "smc", "asap")
+#: the samplers that run through ``samplers`` (a ``PromptLM`` and a token sampler), not the mask loop
+WEIGHTED_SAMPLERS: tuple[str, ...] = ("awrs", "smc", "asap")
 
 
 def validate_sampling(
     sampler: str, temperature: float, top_k: int | None, top_p: float | None
 ) -> None:
-    if sampler not in ("greedy", "sample"):
-        raise ValueError(f"sampler must be 'greedy' or 'sample', got {sampler!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
     if not temperature >= 0.0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if sampler in WEIGHTED_SAMPLERS:
+        if not temperature > 0.0:
+            raise ValueError(f"sampler={sampler!r} needs temperature > 0, got {temperature!r}")
+        if top_k is not None or top_p is not None:
+            raise ValueError(f"top_k and top_p apply to sampler='sample' only, not {sampler!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

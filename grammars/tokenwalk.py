@@ -8,8 +8,18 @@ machine, not per process.
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+# numba's default OpenMP layer shares libgomp with torch: it resets torch's thread count and makes
+# forked workers abort. The workqueue layer shares nothing; it does not allow concurrent parallel
+# launches, so they are serialized with a lock.
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+_PARALLEL_LOCK = threading.Lock()
 
 __all__ = ["fill_rows", "walk_token", "walk_bytes"]
 
@@ -41,10 +51,11 @@ def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, 
 
 def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:  # noqa: ANN001
     """OR into ``out[i]`` (uint32 words) the tokens readable from ``states[i]``."""
-    _fill_rows_parallel(
-        trans, states.astype(np.int32), trie.byte, trie.depth, trie.end, trie.tok_ptr,
-        trie.tok_ids, out, trie.max_depth,
-    )
+    with _PARALLEL_LOCK:
+        _fill_rows_parallel(
+            trans, states.astype(np.int32), trie.byte, trie.depth, trie.end, trie.tok_ptr,
+            trie.tok_ids, out, trie.max_depth,
+        )
 
 
 @njit(cache=True, nogil=True)

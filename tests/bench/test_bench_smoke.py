@@ -1,0 +1,161 @@
+"""Smoke tests of the benchmarks' core functions (bench/masks.py, bench/e2e.py, bench/peers.py).
+
+The core tests use our engine with the byte-level vocabulary and a toy random-logits model, so they
+need neither the model nor a peer engine (a few seconds). The peer tests build each peer on the
+embedded model's tokenizer; they are marked ``model`` and skipped when the peer (or the model
+package) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import masks, peers
+from bench.e2e import GreedyRun, generate_greedy, run_lockstep
+from bench.e2e import summarize as e2e_summarize
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name", "age"],
+}
+FINITE = {  # a finite language: random logits must reach EOS
+    "type": "object",
+    "properties": {"a": {"type": "boolean"}, "b": {"enum": ["x", "yy", None]}},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
+
+
+def _finite_positive(xs) -> bool:
+    return all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in xs)
+
+
+@pytest.fixture(scope="module")
+def ours_bytes():
+    from grammars import Vocabulary
+
+    vocab = Vocabulary.byte_level()
+    return peers.make_engine("ours", None, vocab=vocab), vocab
+
+
+def test_instance_generation_is_valid_and_ordered():
+    import jsonschema
+
+    text, reason = masks.generate_instance(SCHEMA, seed=0, n_examples=6)
+    assert text is not None, reason
+    value = json.loads(text)
+    jsonschema.validate(value, SCHEMA)
+    assert text == masks.serialize(value)  # compact
+    order = list(SCHEMA["properties"])
+    assert [order.index(k) for k in value] == sorted(order.index(k) for k in value)
+    again, _ = masks.generate_instance(SCHEMA, seed=0, n_examples=6)
+    assert again == text  # deterministic
+
+
+def test_strictify_closes_objects_only():
+    s = masks.strictify({"type": "object", "properties": {"x": {}, "y": {"type": "array"}},
+                         "allOf": [{"properties": {"z": {"type": "string"}}}]})
+    assert "additionalProperties" not in s  # allOf: left open
+    assert s["properties"]["x"] == {"type": ["string", "number", "boolean", "null"]}
+    assert "items" in s["properties"]["y"]
+    s = masks.strictify({"type": "object", "properties": {"x": {"type": "string"}}})
+    assert s["additionalProperties"] is False
+
+
+def test_masks_measure_ours_byte_level(ours_bytes):
+    engine, vocab = ours_bytes
+    text, reason = masks.generate_instance(SCHEMA, seed=1, n_examples=6)
+    assert text is not None, reason
+    tokens = list(text.encode("utf-8"))
+    out = masks.measure(engine, SCHEMA, tokens, vocab.eos_token_id, vocab.size)
+    assert out["status"] == "ok", out
+    assert out["n_tokens"] == len(tokens)
+    assert len(out["fill_us"]) == len(tokens) + 1  # every token, then the EOS step
+    assert _finite_positive([float(x) for x in out["fill_us"]])
+    assert _finite_positive([out["compile_ms"], out["first_fill_us"]])
+
+    # a token the grammar forbids is reported, not raised
+    bad = masks.measure(engine, SCHEMA, list(b'{"age":1}'), vocab.eos_token_id, vocab.size)
+    assert bad["status"] == "rejected"
+
+    record = {"subset": "t", "name": "s", "instance": text, "n_tokens": len(tokens),
+              "engines": {"ours": out}}
+    summary = masks.summarize([record], ["ours"])
+    assert summary["n_common"] == 1
+    fill = summary["engines"]["ours"]["fill_us"]
+    assert _finite_positive([fill["mean"], fill["median"], fill["p99"]])
+    md = masks.render_markdown({"config": {
+        "engines": ["ours"], "date": "-", "machine": "-", "vocab_size": vocab.size, "subsets": ["t"],
+        "limit": 1, "seed": 0, "compile_timeout": 1, "versions": {}}, "summary": summary,
+        "schemas": [record]})
+    assert "| ours |" in md
+
+
+def test_e2e_loop_toy_model(ours_bytes):
+    import jsonschema
+    import torch
+
+    engine, vocab = ours_bytes
+    gen = torch.Generator().manual_seed(0)
+
+    def logits(*_):
+        return torch.randn(1, vocab.size, generator=gen)
+
+    def prefill(ids):
+        return logits(), None
+
+    factory = engine.compile(FINITE)
+    out = generate_greedy(prefill, logits, [1, 2, 3], max_tokens=64, eos_token_ids=vocab.eos_token_ids,
+                          vocab_size=vocab.size, matcher=factory())
+    assert out["finish"] == "stop", out
+    jsonschema.validate(json.loads(bytes(out["tokens"])), FINITE)
+    assert _finite_positive(out["step_ms"]) and len(out["step_ms"]) == len(out["tokens"]) + 1
+
+    # lockstep: an unconstrained run (EOS suppressed: always max_tokens) next to a constrained one
+    runs = [GreedyRun(prefill, logits, [1], max_tokens=8, eos_token_ids=vocab.eos_token_ids,
+                      vocab_size=vocab.size, matcher=m) for m in (None, factory())]
+    run_lockstep(runs)
+    free, constrained = (r.result() for r in runs)
+    assert free["finish"] == "length" and len(free["tokens"]) == 8
+    assert vocab.eos_token_id not in free["tokens"]
+    assert constrained["finish"] in ("stop", "length")
+
+    record = {"schema": "s", "runs": {"unconstrained": [free], "ours": [out]}}
+    s = e2e_summarize([record], ["unconstrained", "ours"])
+    assert s["modes"]["unconstrained"]["ratio_to_unconstrained"] == pytest.approx(1.0)
+    m = s["modes"]["ours"]
+    assert _finite_positive([m["ms_per_token"], m["ratio_to_unconstrained"], m["paired_ratio"],
+                             m["overhead_ratio"], m["mask_ms_per_token"]])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", ["ours", "xgrammar", "llguidance", "outlines"])
+def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
+    if name != "ours":
+        pytest.importorskip(peers._PEER_MODULES[name])
+    engine = peers.make_engine(name, smollm2_tokenizer, vocab=smollm2_vocab)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+              "required": ["a", "b"], "additionalProperties": False}
+    tokens = smollm2_tokenizer.encode('{"a":12,"b":"hi there"}', add_special_tokens=False)
+    out = masks.measure(engine, schema, tokens, smollm2_tokenizer.eos_token_id, smollm2_vocab.size)
+    assert out["status"] == "ok", out
+    assert _finite_positive([float(x) for x in out["fill_us"]] + [out["compile_ms"]])
+    if name in ("ours", "llguidance", "xgrammar"):  # outlines-core accepts this schema
+        with pytest.raises(peers.CompileError):
+            engine.compile({"type": "object", "properties": {"a": {"type": "integer", "minimum": 5,
+                                                                     "maximum": 1}}, "required": ["a"]})
