@@ -17,9 +17,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 SUITE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "json-schema-test-suite"
 REMOTE_BASE = "http://localhost:1234/"

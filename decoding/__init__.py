@@ -9,6 +9,7 @@
 torch and transformers are imported lazily (``import decoding`` stays light).
 """
 
+from decoding import query
 from decoding.completion import Completion, GenerationStats
 from decoding.generator import DecodingError, Generator, build_grammar, generate
 from decoding.model import DecodeState, Model, ModelNotFoundError, default_model_path, load_model
@@ -19,20 +20,28 @@ def __getattr__(name: str):
         from decoding.logits_processor import GrammarLogitsProcessor
 
         return GrammarLogitsProcessor
+    if name in ("BatchedLM", "PromptedLM", "LambdaPattern"):
+        from decoding import backend
+
+        return getattr(backend, name)
     raise AttributeError(f"module 'decoding' has no attribute {name!r}")
 
 
 __all__ = [
+    "BatchedLM",
     "Completion",
     "DecodeState",
     "DecodingError",
     "GenerationStats",
     "Generator",
     "GrammarLogitsProcessor",
+    "LambdaPattern",
     "Model",
     "ModelNotFoundError",
+    "PromptedLM",
     "build_grammar",
     "default_model_path",
     "generate",
     "load_model",
+    "query",
 ]

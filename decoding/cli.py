@@ -49,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--grammar", help="a Lark grammar: a file path or inline text")
     g.add_argument("--model", default=None, help="local model folder or .gguf file (default: embedded SmolLM2)")
-    g.add_argument("--sampler", choices=["greedy", "sample"], default="greedy")
+    g.add_argument(
+        "--sampler",
+        choices=["greedy", "sample", "awrs", "smc", "asap"],
+        default="greedy",
+        help="greedy/sample: token masking; awrs: adaptive weighted rejection sampling; smc: "
+        "sequential Monte Carlo (--particles, --ess-threshold); asap: grammar-aligned sampling (-n)",
+    )
+    g.add_argument("--particles", type=int, default=8, help="SMC particles (--sampler smc)")
+    g.add_argument(
+        "--ess-threshold",
+        type=float,
+        default=0.5,
+        help="SMC resamples when ESS < threshold * particles (--sampler smc)",
+    )
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
@@ -61,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     g.add_argument("--stats", action="store_true", help="print timings to stderr")
 
-    for name in ("query", "bench"):
+    from decoding.query.cli import add_arguments as _add_query_arguments
+
+    _add_query_arguments(sub.add_parser("query", help="run an LMQL-like query script"))
+    for name in ("bench",):
         s = sub.add_parser(name, help=f"{name} (not implemented yet)")
         s.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -141,6 +157,8 @@ def _generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             n=args.n,
             chat=not args.no_chat,
+            n_particles=args.particles,
+            ess_threshold=args.ess_threshold,
         )
     except ModelNotFoundError as exc:
         return _fail(type(exc).__name__, str(exc))
@@ -165,6 +183,14 @@ def _generate(args: argparse.Namespace) -> int:
         st = completions[0].stats
         print(f"model: {model.name} (loaded in {model.load_seconds:.1f} s)", file=sys.stderr)
         print(st.summary(), file=sys.stderr)
+        for comp in completions:  # the weighted samplers' numbers, one line per output
+            extra = {
+                k: getattr(comp, k)
+                for k in ("log_prob", "log_weight", "log_ml")
+                if getattr(comp, k, None) is not None
+            }
+            if extra:
+                print(" ".join(f"{k}={v:.4f}" for k, v in extra.items()), file=sys.stderr)
     return code
 
 
@@ -183,5 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_transformers()
     if args.command == "generate":
         return _generate(args)
+    if args.command == "query":
+        from decoding.query.cli import run as _run_query
+
+        return _run_query(args)
     print(f"error: NotImplementedError: '{args.command}' is not implemented yet", file=sys.stderr)
     return EXIT_USAGE

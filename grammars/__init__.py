@@ -16,7 +16,7 @@ from grammars.grammar import Grammar
 from grammars.vocab import Vocabulary
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: numba is imported on first use
+def __getattr__(name: str):
     if name in ("compile", "CompiledGrammar", "Matcher", "clear_cache"):
         from grammars import compiled
 

@@ -21,7 +21,7 @@ import numpy as np
 from grammars.errors import EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
 
-__all__ = ["NotRegularError", "Dfa", "build_dfa", "dfa_of", "minimize", "product", "DEFAULT_MAX_STATES"]
+__all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
 
 DEFAULT_MAX_STATES = 200_000
 
@@ -176,7 +176,7 @@ class Dfa:
         return s >= 0 and bool(self.accepting[s])
 
 
-def _closure_fn(nfa: _Nfa):  # noqa: ANN202
+def _closure_fn(nfa: _Nfa):
     eps, edges = nfa.eps, nfa.edges
     memo: dict[int, frozenset[int]] = {}
 
@@ -322,7 +322,7 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
 
     Raises EmptyLanguageError if the result is empty.
     """
-    na, nb = a.n_states, b.n_states
+    nb = b.n_states
     dead_b = nb  # b's implicit dead state
     tb = np.vstack([b.trans, np.full((1, 256), -1, dtype=np.int32)])
     tb = np.where(tb < 0, dead_b, tb)

@@ -13,15 +13,15 @@ from __future__ import annotations
 from grammars.ir import Bytes, Node, alt, lit, seq
 
 __all__ = [
-    "CodepointSet",
+    "ANY",
     "MAX_CP",
-    "normalize",
+    "CodepointSet",
     "complement",
     "intersect",
+    "json_string_char_node",
+    "normalize",
     "subtract",
     "utf8_node",
-    "json_string_char_node",
-    "ANY",
 ]
 
 CodepointSet = tuple[tuple[int, int], ...]

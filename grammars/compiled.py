@@ -24,10 +24,10 @@ from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
 
-__all__ = ["CompiledGrammar", "Matcher", "compile", "clear_cache", "cache_dir"]
+__all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
 
 _CACHE_VERSION = "1"
-_MEMORY_CACHE: dict[tuple[str, str], "CompiledGrammar"] = {}
+_MEMORY_CACHE: dict[tuple[str, str], CompiledGrammar] = {}
 _DFA_CACHE: dict[str, Dfa] = {}  # byte DFAs are vocabulary-independent
 _LOCK = threading.Lock()
 
@@ -119,7 +119,7 @@ class CompiledGrammar:
             self.compute_masks(np.array([state]))
         return self.masks[state]
 
-    def matcher(self) -> "Matcher":
+    def matcher(self) -> Matcher:
         return Matcher(self)
 
     # token-level helpers used by Matcher
@@ -127,6 +127,18 @@ class CompiledGrammar:
         if self._special[token]:
             return -1
         return int(walk_token(self._trans, state, self._token_data, self._token_offsets, token))
+
+    def token_transitions(self) -> np.ndarray:
+        """Dense int32 table (n_states, vocab.size): the state after each token (-1: not
+        allowed; EOS and special tokens are -1 too: sampling EOS ends the sequence). Together
+        with ``masks`` this is the device-resident form of a regular constraint (kernels'
+        ``fill_bitmask_from_dfa_states`` / ``advance_dfa_states``). Memory: 4 * states * vocab
+        bytes, so meant for small automata."""
+        from grammars.tokenwalk import token_table
+
+        out = np.empty((self.n_states, self.vocab.size), dtype=np.int32)
+        token_table(self._trans, self._token_data, self._token_offsets, self._special, out)
+        return out
 
     def torch_masks(self) -> Any:
         import torch
@@ -146,7 +158,7 @@ class Matcher:
     EOS is allowed exactly when ``is_accepting()``; accepting it terminates the matcher.
     """
 
-    __slots__ = ("_g", "_state", "_hist", "_terminated")
+    __slots__ = ("_g", "_hist", "_state", "_terminated")
 
     def __init__(self, compiled: CompiledGrammar) -> None:
         self._g = compiled
@@ -256,7 +268,7 @@ class Matcher:
         self._hist = None
         self._terminated = False
 
-    def fork(self) -> "Matcher":
+    def fork(self) -> Matcher:
         m = Matcher.__new__(Matcher)
         m._g = self._g
         m._state = self._state
@@ -272,7 +284,7 @@ def _disk_path(key: tuple[str, str]) -> Path | None:
     return d / f"v{_CACHE_VERSION}-{key[0][:24]}-{key[1][:16]}.npz"
 
 
-def compile(  # noqa: A001 - the contract's name
+def compile(
     grammar: Grammar,
     vocab: Vocabulary,
     *,

@@ -8,12 +8,12 @@ never an exception.
 from __future__ import annotations
 
 __all__ = [
+    "EmptyLanguageError",
     "GrammarError",
+    "GrammarTooLargeError",
+    "InvalidGrammarError",
     "InvalidSchemaError",
     "UnsupportedSchemaError",
-    "InvalidGrammarError",
-    "EmptyLanguageError",
-    "GrammarTooLargeError",
 ]
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from grammars.errors import EmptyLanguageError, InvalidGrammarError
 from grammars.ir import Node, Rules, alt, fingerprint, lit
@@ -36,11 +37,11 @@ class Grammar:
         return fingerprint(self.rules)
 
     @classmethod
-    def from_node(cls, node: Node, *, kind: str = "rules", source: Any = None) -> "Grammar":
+    def from_node(cls, node: Node, *, kind: str = "rules", source: Any = None) -> Grammar:
         return cls(Rules({"start": node}, "start"), kind=kind, source=source)
 
     @classmethod
-    def from_regex(cls, pattern: str) -> "Grammar":
+    def from_regex(cls, pattern: str) -> Grammar:
         """Strings that ``pattern`` (Python ``re`` syntax, see :mod:`grammars.regex`) fully matches."""
         from grammars.regex import regex_to_node
 
@@ -49,7 +50,7 @@ class Grammar:
         return cls.from_node(regex_to_node(pattern, mode="fullmatch"), kind="regex", source=pattern)
 
     @classmethod
-    def from_choices(cls, strings: Iterable[str]) -> "Grammar":
+    def from_choices(cls, strings: Iterable[str]) -> Grammar:
         """Exactly one of ``strings`` (non-empty list; duplicates are merged)."""
         items = list(strings)
         if not items:
@@ -68,7 +69,7 @@ class Grammar:
         whitespace: Literal["compact", "flexible"] = "compact",
         property_order: Literal["schema", "any"] = "schema",
         registry: dict[str, Any] | None = None,
-    ) -> "Grammar":
+    ) -> Grammar:
         """JSON texts that validate against ``schema`` (a dict, a bool, a JSON string, or a pydantic
         model class). See :mod:`grammars.json_schema` for the keywords and the exact semantics."""
         from grammars.json_schema import schema_to_grammar
@@ -78,7 +79,7 @@ class Grammar:
         )
 
     @classmethod
-    def from_lark(cls, text: str, start: str = "start") -> "Grammar":
+    def from_lark(cls, text: str, start: str = "start") -> Grammar:
         """A Lark grammar (regular subset for now: rules must not recurse)."""
         from grammars.lark_grammar import lark_to_grammar
 

@@ -18,29 +18,30 @@ Node kinds:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 __all__ = [
-    "Node",
-    "Lit",
-    "Bytes",
-    "Seq",
-    "Alt",
-    "Repeat",
-    "Ref",
-    "Automaton",
     "EMPTY",
     "NOTHING",
-    "seq",
+    "Alt",
+    "Automaton",
+    "Bytes",
+    "Lit",
+    "Node",
+    "Ref",
+    "Repeat",
+    "Rules",
+    "Seq",
     "alt",
+    "fingerprint",
+    "lit",
     "opt",
-    "star",
     "plus",
     "repeat",
-    "lit",
-    "Rules",
-    "fingerprint",
+    "seq",
+    "star",
 ]
 
 

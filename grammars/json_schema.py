@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin
@@ -55,34 +56,30 @@ from grammars.ir import (
     seq,
     star,
 )
-from grammars.regex import RegexSyntaxError, UnsupportedRegexError, json_string_encoder, regex_to_node
+from grammars.regex import (
+    RegexSyntaxError,
+    UnsupportedRegexError,
+    json_string_encoder,
+    regex_to_node,
+)
 
-__all__ = ["schema_to_grammar", "DEFAULT_ROOT_URI", "STANDARD_FORMATS"]
+__all__ = ["DEFAULT_ROOT_URI", "STANDARD_FORMATS", "schema_to_grammar"]
 
 DEFAULT_ROOT_URI = "file:///schema.json"
 
 STANDARD_FORMATS = frozenset(
-    "date-time date time duration email idn-email hostname idn-hostname ipv4 ipv6 uri "
-    "uri-reference iri iri-reference uuid uri-template json-pointer relative-json-pointer "
-    "regex".split()
+    ["date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template", "json-pointer", "relative-json-pointer", "regex"]
 )
 
 # Keywords that only annotate (never constrain) or that this module reads elsewhere.
 _ANNOTATIONS = frozenset(
-    "$schema $id id $comment title description default examples deprecated readOnly writeOnly "
-    "$anchor $dynamicAnchor $vocabulary $defs definitions contentMediaType contentEncoding "
-    "contentSchema then else".split()
+    ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
 )
 _HANDLED = frozenset(
-    "type enum const properties required additionalProperties items prefixItems additionalItems "
-    "minItems maxItems minLength maxLength pattern format minimum maximum exclusiveMinimum "
-    "exclusiveMaximum allOf anyOf oneOf $ref uniqueItems if minProperties __sources __patterns "
-    "__formats __anyOfs __oneOfs".split()
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs"]
 )
 _UNSUPPORTED = frozenset(
-    "not contains minContains maxContains dependentRequired dependentSchemas dependencies "
-    "propertyNames patternProperties unevaluatedProperties unevaluatedItems maxProperties "
-    "multipleOf $dynamicRef $recursiveRef $recursiveAnchor".split()
+    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "multipleOf", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
 )
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
@@ -111,7 +108,9 @@ def _json_equal(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return Decimal(repr(a)) == Decimal(repr(b)) if a == a and b == b else False
+        if math.isnan(a) or math.isnan(b):
+            return False
+        return Decimal(repr(a)) == Decimal(repr(b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
@@ -778,7 +777,7 @@ def read_schema(schema: Any) -> tuple[Any, Any]:
         try:
             from pydantic import BaseModel
         except ImportError:  # pragma: no cover
-            BaseModel = None  # type: ignore[assignment]  # noqa: N806
+            BaseModel = None  # type: ignore[assignment]
         if BaseModel is not None and issubclass(schema, BaseModel):
             model = schema
             schema = schema.model_json_schema()

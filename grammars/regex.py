@@ -20,7 +20,8 @@ Semantics (documented choices):
 from __future__ import annotations
 
 import re
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from grammars import charclass as cc
 from grammars.errors import GrammarError
@@ -34,12 +35,12 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _p  # type: ignore[no-redef]
 
 __all__ = [
-    "regex_to_node",
-    "UnsupportedRegexError",
-    "RegexSyntaxError",
     "Encoder",
-    "utf8_encoder",
+    "RegexSyntaxError",
+    "UnsupportedRegexError",
     "json_string_encoder",
+    "regex_to_node",
+    "utf8_encoder",
 ]
 
 Encoder = Callable[[cc.CodepointSet], Node]
@@ -125,10 +126,10 @@ class _Lowering:
     def unsupported(self, what: str) -> UnsupportedRegexError:
         return UnsupportedRegexError(what, self.pattern)
 
-    def seq(self, items) -> Node:  # noqa: ANN001 - re._parser types
+    def seq(self, items) -> Node:
         return seq(*(self.item(op, av) for op, av in items))
 
-    def item(self, op, av) -> Node:  # noqa: ANN001
+    def item(self, op, av) -> Node:
         if op is _c.LITERAL:
             return self.chars(((av, av),))
         if op is _c.NOT_LITERAL:

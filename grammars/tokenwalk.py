@@ -21,11 +21,11 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["fill_rows", "walk_token", "walk_bytes"]
+__all__ = ["fill_rows", "token_table", "walk_bytes", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
-def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):  # noqa: ANN001
+def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):
     stack[0] = start
     n = 1
     nn = tb.shape[0]
@@ -43,13 +43,13 @@ def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):  # 
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, max_depth):  # noqa: ANN001
+def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, max_depth):
     for i in prange(states.shape[0]):
         stack = np.empty(max_depth + 1, dtype=np.int32)
         _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, out[i], stack)
 
 
-def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:  # noqa: ANN001
+def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:
     """OR into ``out[i]`` (uint32 words) the tokens readable from ``states[i]``."""
     with _PARALLEL_LOCK:
         _fill_rows_parallel(
@@ -59,7 +59,7 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> N
 
 
 @njit(cache=True, nogil=True)
-def walk_token(trans, state, data, offsets, token):  # noqa: ANN001
+def walk_token(trans, state, data, offsets, token):
     """DFA state after reading token ``token``'s bytes from ``state`` (-1 if it dies)."""
     for k in range(offsets[token], offsets[token + 1]):
         state = trans[state, data[k]]
@@ -69,10 +69,26 @@ def walk_token(trans, state, data, offsets, token):  # noqa: ANN001
 
 
 @njit(cache=True, nogil=True)
-def walk_bytes(trans, state, data):  # noqa: ANN001
+def walk_bytes(trans, state, data):
     """DFA state after ``data`` (uint8 array) from ``state`` (-1 if it dies)."""
     for k in range(data.shape[0]):
         state = trans[state, data[k]]
         if state < 0:
             return -1
     return state
+
+
+@njit(cache=True, nogil=True)
+def token_table(trans, data, offsets, special, out):
+    """``out[s, t]`` = DFA state after token t from state s (-1: dead, special tokens, EOS)."""
+    for s in range(out.shape[0]):
+        for t in range(out.shape[1]):
+            if special[t] or offsets[t] == offsets[t + 1]:
+                out[s, t] = -1
+                continue
+            st = s
+            for k in range(offsets[t], offsets[t + 1]):
+                st = trans[st, data[k]]
+                if st < 0:
+                    break
+            out[s, t] = st

@@ -10,13 +10,14 @@ allowed exactly when the grammar accepts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Vocabulary", "TokenTrie"]
+__all__ = ["TokenTrie", "Vocabulary"]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -119,7 +120,7 @@ class Vocabulary:
 
     # ---- constructors -------------------------------------------------------------------------
     @classmethod
-    def byte_level(cls) -> "Vocabulary":
+    def byte_level(cls) -> Vocabulary:
         """256 one-byte tokens (id = byte value) and EOS = 256: for tests that need no model."""
         return cls([bytes([b]) for b in range(256)] + [b""], eos_token_id=256)
 
@@ -130,7 +131,7 @@ class Vocabulary:
         *,
         vocab_size: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
-    ) -> "Vocabulary":
+    ) -> Vocabulary:
         """Exact bytes of a Hugging Face tokenizer's tokens.
 
         ``vocab_size``: the model's logits width when it differs from ``len(tokenizer)`` (extra ids
@@ -251,7 +252,7 @@ def _tokenizer_kind(tokenizer: Any, vocab: dict[str, int]) -> str:
                 return "byte_level"
             if "ByteFallback" in dec or "Metaspace" in dec or "\u2581" in dec:
                 return "sentencepiece"
-        except Exception:  # noqa: BLE001 - fall back to the vocabulary heuristic
+        except Exception:  # noqa: BLE001, S110 - unreadable spec: fall back to the heuristic below
             pass
     if any("\u2581" in p for p in list(vocab)[:5000]):
         return "sentencepiece"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import errors as hypothesis_errors
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
@@ -159,3 +161,85 @@ def test_pydantic_model_schema(byte_vocab):
     g = Grammar.from_json_schema(Item)
     assert _matches(g, byte_vocab, '{"name":"pen","qty":3,"tags":["x"]}')
     assert not _matches(g, byte_vocab, '{"name":"pen","qty":0}')
+
+
+DEV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsonschemabench-dev"
+
+
+def _dev_schemas(limit: int):
+    out = []
+    for subset in ("Glaiveai2K", "Github_easy", "Snowplow"):
+        for p in sorted((DEV / subset).glob("*.json"))[:limit]:
+            out.append(pytest.param(p, id=f"{subset}/{p.stem}"))
+    return out
+
+
+@pytest.mark.parametrize("path", _dev_schemas(8))
+def test_dev_slice_instances_are_accepted(path, byte_vocab):
+    """Instances hypothesis-jsonschema draws from real schemas, kept when jsonschema validates
+    them, are accepted (flexible whitespace; object keys put in schema order, additional ones
+    last, since property_order="any" costs 2^n states on the regular path)."""
+    import jsonschema
+
+    schema = json.loads(path.read_text())
+    try:
+        g = Grammar.from_json_schema(schema, whitespace="flexible")
+        compiled = grammars.compile(g, byte_vocab, eager_states=0)
+    except grammars.GrammarError as e:
+        pytest.skip(f"typed error: {e}")
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    try:
+        strategy = from_schema(copy.deepcopy(schema))
+    except Exception as e:  # noqa: BLE001 - hypothesis-jsonschema cannot handle every schema
+        pytest.skip(f"hypothesis-jsonschema: {type(e).__name__}")
+    accepted = []
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(strategy)
+    def check(instance):
+        if not validator.is_valid(instance):
+            return
+        if _has_exponent_number(instance) or _depth(instance) > 3:
+            return  # documented restrictions: no exponents in bounded numbers; bounded nesting
+        text = json.dumps(_schema_order(instance, schema), separators=(",", ":"), ensure_ascii=False)
+        m = compiled.matcher()
+        assert m.accept_bytes(text.encode("utf-8")) and m.is_accepting(), text
+        accepted.append(text)
+
+    try:
+        check()
+    except hypothesis_errors.Unsatisfiable:
+        pytest.skip("hypothesis-jsonschema found no instance")
+
+
+def _has_exponent_number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return "e" in repr(value) or "inf" in repr(value)
+    if isinstance(value, dict):
+        return any(_has_exponent_number(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_exponent_number(v) for v in value)
+    return False
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _schema_order(value, schema):
+    """Reorder object keys as the schema's ``properties`` list them (additional keys last)."""
+    if isinstance(value, dict) and isinstance(schema, dict):
+        props = schema.get("properties", {})
+        order = list(props)
+        keys = sorted(value, key=lambda k: order.index(k) if k in order else len(order))
+        return {k: _schema_order(value[k], props.get(k, {})) for k in keys}
+    if isinstance(value, list) and isinstance(schema, dict) and isinstance(schema.get("items"), dict):
+        return [_schema_order(v, schema["items"]) for v in value]
+    return value
