@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = args.engine or ["ours"]
     tokenizer = vocab = None
     if args.tokens or set(engines) - {"ours"}:
-        from decoding.model import load_tokenizer
+        from bench.peers import load_tokenizer
 
         tokenizer = load_tokenizer()
         import grammars
