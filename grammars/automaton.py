@@ -361,6 +361,25 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
     return minimize(_trim(np.stack(rows), acc))
 
 
+def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct columns of ``trans`` and each byte's column index (byte equivalence classes).
+
+    Columns are grouped by a wrapping int64 hash, then verified equal exactly; a collision (never
+    observed) falls back to numpy's exact (slow) column sort.
+    """
+    rng = np.random.default_rng(0xC01)
+    w = rng.integers(1, 2**62, size=trans.shape[0], dtype=np.int64)
+    with np.errstate(over="ignore"):
+        h = (trans.astype(np.int64) + 1).T @ w
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    cols = trans[:, first]
+    if not (trans == cols[:, inv]).all():  # pragma: no cover - hash collision
+        cols, inv = np.unique(trans, axis=1, return_inverse=True)
+        inv = inv.ravel()
+    return cols, inv
+
+
 def minimize(dfa: Dfa) -> Dfa:
     """Moore partition refinement: merge states with the same future (identical masks too).
 
@@ -374,8 +393,7 @@ def minimize(dfa: Dfa) -> Dfa:
     n = trans.shape[0]
     if n <= 2:
         return dfa
-    cols, inv = np.unique(trans, axis=1, return_inverse=True)
-    inv = inv.ravel()
+    cols, inv = _unique_columns(trans)
     k = cols.shape[1]
     rng = np.random.default_rng(0x5EED)
     # integer weights < 2**20 times values < 2**24 summed over <= 257 terms stay below 2**53, so

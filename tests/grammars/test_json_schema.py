@@ -168,13 +168,13 @@ DEV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsonsche
 
 def _dev_schemas(limit: int):
     out = []
-    for subset in ("Glaiveai2K", "Github_easy", "Snowplow"):
+    for subset in ("Glaiveai2K",):
         for p in sorted((DEV / subset).glob("*.json"))[:limit]:
             out.append(pytest.param(p, id=f"{subset}/{p.stem}"))
     return out
 
 
-@pytest.mark.parametrize("path", _dev_schemas(8))
+@pytest.mark.parametrize("path", _dev_schemas(12))
 def test_dev_slice_instances_are_accepted(path, byte_vocab):
     """Instances hypothesis-jsonschema draws from real schemas, kept when jsonschema validates
     them, are accepted (flexible whitespace; object keys put in schema order, additional ones
@@ -195,7 +195,7 @@ def test_dev_slice_instances_are_accepted(path, byte_vocab):
         pytest.skip(f"hypothesis-jsonschema: {type(e).__name__}")
     accepted = []
 
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(strategy)
     def check(instance):
         if not validator.is_valid(instance):
