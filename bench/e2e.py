@@ -466,12 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", default="e2e", help="output file stem")
     args = ap.parse_args(argv)
+    from bench.peers import write_results
+
     result = run(args)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1, allow_nan=True))
-    md = render_markdown(result)
-    (args.out_dir / f"{args.name}.md").write_text(md)
-    print(md)
+    write_results(args.out_dir, args.name, result, render_markdown(result))
     return 0
 
 

@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
@@ -343,3 +344,13 @@ def make_engine(name: str, tokenizer: Any, *, vocab_size: int | None = None, voc
     if vocab_size is None:
         vocab_size = vocab.size if vocab is not None else len(tokenizer)
     return _CLASSES[name](tokenizer, vocab_size, vocab=vocab)
+
+
+def write_results(out_dir: Path, name: str, result: dict, markdown: str) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` under ``out_dir`` and print the markdown."""
+    import json as _json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(_json.dumps(result, indent=1, allow_nan=True))
+    (out_dir / f"{name}.md").write_text(markdown)
+    print(markdown)
