@@ -393,7 +393,7 @@ def minimize(dfa: Dfa) -> Dfa:
     n = trans.shape[0]
     if n <= 2:
         return dfa
-    cols, inv = _unique_columns(trans)
+    cols, _ = _unique_columns(trans)
     k = cols.shape[1]
     rng = np.random.default_rng(0x5EED)
     # integer weights < 2**20 times values < 2**24 summed over <= 257 terms stay below 2**53, so

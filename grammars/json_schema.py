@@ -197,8 +197,9 @@ class _Compiler:
             _META = referencing.Registry()
         reg: Any = _META
         for uri, doc in resources:
-            reg = reg.with_resource(uri, self.spec.create_or_default(doc) if hasattr(self.spec, "create_or_default") else referencing.jsonschema.specification_with(
-                doc.get("$schema", "") if isinstance(doc, dict) else "", default=self.spec).create_resource(doc))
+            dialect = doc.get("$schema", "") if isinstance(doc, dict) else ""
+            spec = referencing.jsonschema.specification_with(dialect, default=self.spec)
+            reg = reg.with_resource(uri, spec.create_resource(doc))
         self.registry = reg.crawl()
         self.resolver = self.registry.resolver(base_uri=urldefrag(self.root_uri)[0])
         self.ws = repeat(_WS_BYTES, 0, max_whitespace) if whitespace == "flexible" else lit(b"")
