@@ -30,6 +30,10 @@ class GenerationStats:
     tokens advanced through the matcher), so :attr:`checks_per_token` is the mean constraint work
     per token. ``model_seconds``: time inside model calls. ``resamples``: SMC resampling steps.
     ``batch_size`` is the number of rows decoded together (``n``, or ``n_particles`` for SMC).
+
+    ``long_context``: the long-context backend's setting when the call went through it (``"auto"``,
+    ``"lambda"`` or ``"none"``; None for the plain model path); ``prompt_tokens_cached``: prompt
+    tokens whose KV that backend's prefix cache already held (not recomputed).
     """
 
     compile_seconds: float = 0.0
@@ -48,6 +52,8 @@ class GenerationStats:
     sampled_tokens: int = 0
     model_seconds: float = 0.0
     resamples: int = 0
+    long_context: str | None = None
+    prompt_tokens_cached: int = 0
 
     @property
     def checks_per_token(self) -> float:

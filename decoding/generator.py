@@ -36,6 +36,9 @@ from grammars import Grammar
 __all__ = ["DecodingError", "Generator", "build_grammar", "generate"]
 
 Whitespace = Literal["compact", "flexible"]
+#: ``None``: the plain model path, or the long-context backend with ``"auto"`` when the prompt plus
+#: ``max_tokens`` exceeds the model's trained length; otherwise always that backend's setting.
+LongContextOption = Literal["auto", "lambda", "none"] | None
 PropertyOrder = Literal["schema", "any"]
 
 
@@ -174,6 +177,47 @@ def _constraint_to_grammar(constraint: Any, whitespace: Whitespace, property_ord
     )
 
 
+def _validate_long_context(long_context: Any) -> None:
+    if long_context not in (None, "auto", "lambda", "none"):
+        raise ValueError(
+            f"long_context must be None, 'auto', 'lambda' or 'none', got {long_context!r}"
+        )
+
+
+def _prefill(lm: Any, stats: GenerationStats) -> None:
+    """``lm.prefill()``; through the long-context backend, also note in ``stats`` its setting and
+    how many prompt tokens its prefix cache already held."""
+    backend = getattr(lm, "backend", None)
+    reused0 = backend.cache.stats.tokens_reused if backend is not None else 0
+    lm.prefill()
+    if backend is not None:
+        stats.long_context = backend.long_context
+        stats.prompt_tokens_cached = backend.cache.stats.tokens_reused - reused0
+
+
+class _BackendRows:
+    """Greedy / multinomial decoding of ``n`` rows through a long-context backend
+    (:class:`decoding.backend.BatchedLM`): the prompt's KV comes from (and goes to) its prefix
+    cache; each step computes only the rows still active, in one batch. ``step`` returns the
+    ``(n, V)`` logits with the finished rows' last values left in place."""
+
+    def __init__(self, backend: Any, ids: Sequence[int], n: int, stats: GenerationStats) -> None:
+        self.lm = backend.lm(ids)
+        self.n = n
+        self.stats = stats
+        self.logits: Any = None
+
+    def prefill(self) -> Any:
+        _prefill(self.lm, self.stats)  # cached: the next call only looks the prompt up
+        row = self.lm.next_token_logits([()])
+        self.logits = row.expand(self.n, -1).clone()
+        return self.logits
+
+    def step(self, tokens: Sequence[Sequence[int]], active: Sequence[int]) -> Any:
+        self.logits[list(active)] = self.lm.next_token_logits([tokens[r] for r in active])
+        return self.logits
+
+
 class Generator:
     """Generate from ``model`` under one constraint, compiled once.
 
@@ -207,6 +251,7 @@ class Generator:
         chat: bool | None = None,
         n_particles: int = 8,
         ess_threshold: float = 0.5,
+        long_context: LongContextOption = None,
     ) -> None:
         keyword = build_grammar(
             schema=schema,
@@ -223,6 +268,7 @@ class Generator:
         )
         validate_sampling(sampler, temperature, top_k, top_p)
         _validate_smc(n_particles, ess_threshold)
+        _validate_long_context(long_context)
         self._defaults: dict[str, Any] = {
             "sampler": sampler,
             "max_tokens": max_tokens,
@@ -232,6 +278,7 @@ class Generator:
             "chat": chat,
             "n_particles": n_particles,
             "ess_threshold": ess_threshold,
+            "long_context": long_context,
         }
         self._asap: dict[tuple[Any, ...], Any] = {}  # (prompt ids, settings) -> ASApSampler
         # what .value parses into
@@ -321,6 +368,23 @@ class Generator:
         except Exception as exc:
             raise DecodingError(f"the finished output does not parse as JSON: {text!r}") from exc
 
+    def _backend(
+        self, ids: Sequence[int], max_tokens: int, long_context: LongContextOption,
+        stats: GenerationStats | None,
+    ) -> Any:
+        """The long-context backend a call goes through (``Model.backend``), or None for the plain
+        model path: ``long_context=None`` picks the backend with ``"auto"`` only when the prompt
+        plus ``max_tokens`` exceeds the model's trained length."""
+        if long_context is None:
+            limit = self.model.trained_length
+            if limit is None or len(ids) + max_tokens <= limit:
+                return None
+            long_context = "auto"
+        backend = self.model.backend(long_context)
+        if stats is not None:
+            stats.long_context = long_context
+        return backend
+
     # ---- generation -----------------------------------------------------------------------------
     def generate(
         self,
@@ -356,6 +420,7 @@ class Generator:
         top_k = d["top_k"] if top_k is None else top_k
         top_p = d["top_p"] if top_p is None else top_p
         chat = d["chat"] if chat is None else chat
+        long_context = d["long_context"]
         validate_sampling(sampler, temperature, top_k, top_p)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -369,9 +434,12 @@ class Generator:
         with torch.inference_mode():
             if sampler in WEIGHTED_SAMPLERS:
                 return self._run_weighted(
-                    prompt, sampler, max_tokens, temperature, seed, n, chat, n_particles, ess_threshold
+                    prompt, sampler, max_tokens, temperature, seed, n, chat, n_particles,
+                    ess_threshold, long_context,
                 )
-            return self._run(prompt, sampler, max_tokens, temperature, top_k, top_p, seed, n, chat)
+            return self._run(
+                prompt, sampler, max_tokens, temperature, top_k, top_p, seed, n, chat, long_context
+            )
 
     def _run(
         self,
@@ -384,6 +452,7 @@ class Generator:
         seed: int | None,
         n: int,
         chat: bool | None,
+        long_context: LongContextOption,
     ) -> Completion | list[Completion]:
         import torch
 
@@ -402,6 +471,7 @@ class Generator:
         t_start = time.perf_counter()
         ids = model.encode(prompt, chat=chat)
         stats.prompt_tokens = len(ids)
+        backend = self._backend(ids, max_tokens, long_context, stats)
         input_ids = torch.tensor([ids] * n, dtype=torch.long)
 
         matchers = [compiled.matcher() for _ in range(n)] if compiled is not None else None
@@ -415,7 +485,11 @@ class Generator:
             stats.mask_fills += n
             tc += time.perf_counter() - t0
 
-        logits, state = model.prefill(input_ids, max_new_tokens=max_tokens)
+        if backend is None:
+            logits, state = model.prefill(input_ids, max_new_tokens=max_tokens)
+        else:
+            rows = _BackendRows(backend, ids, n, stats)
+            logits = rows.prefill()
         stats.model_calls += 1
         t_prefill = time.perf_counter()
         stats.prefill_seconds = t_prefill - t_start
@@ -474,8 +548,11 @@ class Generator:
             active = still
             if not active or step == max_tokens - 1:
                 break
-            feed = [chosen[r] if r in active else self._pad for r in range(n)] if n > 1 else chosen
-            logits = model.step(feed, state)
+            if backend is None:
+                feed = [chosen[r] if r in active else self._pad for r in range(n)] if n > 1 else chosen
+                logits = model.step(feed, state)
+            else:
+                logits = rows.step(tokens, active)
             stats.model_calls += 1
 
         stats.constraint_seconds = tc
@@ -506,10 +583,13 @@ class Generator:
         settings, or None if ``sampler="asap"`` has not run with them."""
         d = self._defaults
         ids = self.model.encode(prompt, chat=d["chat"] if chat is None else chat)
+        max_tokens = d["max_tokens"] if max_tokens is None else max_tokens
+        backend = self._backend(ids, max_tokens, d["long_context"], None)
         key = (
             tuple(ids),
-            d["max_tokens"] if max_tokens is None else max_tokens,
+            max_tokens,
             float(d["temperature"] if temperature is None else temperature),
+            id(backend),
         )
         return self._asap.get(key)
 
@@ -540,6 +620,7 @@ class Generator:
         chat: bool | None,
         n_particles: int,
         ess_threshold: float,
+        long_context: LongContextOption,
     ) -> Completion | list[Completion]:
         import numpy as np
 
@@ -548,11 +629,16 @@ class Generator:
         rng = np.random.default_rng(seed)  # numpy: cheaper per draw than torch for one row
         t_start = time.perf_counter()
         ids = self.model.encode(prompt, chat=chat)
+        backend = self._backend(ids, max_tokens, long_context, None)
 
         if sampler == "asap":
-            return self._run_asap(ids, max_tokens, temperature, rng, n, t_start)
+            return self._run_asap(ids, max_tokens, temperature, rng, n, t_start, backend)
 
-        lm = PromptLM(self.model, ids, temperature=temperature, max_new_tokens=max_tokens)
+        lm: Any = (
+            PromptLM(self.model, ids, temperature=temperature, max_new_tokens=max_tokens)
+            if backend is None
+            else backend.lm(ids, temperature=temperature)
+        )
         if sampler == "awrs":  # n independent AWRS sequences in one batch: SMC without resampling
             out = self._run_smc(lm, ids, max_tokens, rng, n, 0.0, t_start, "awrs")
             return out[0] if n == 1 else out
@@ -586,7 +672,7 @@ class Generator:
             prompt_tokens=len(ids),
         )
         t0 = time.perf_counter()
-        lm.prefill()
+        _prefill(lm, stats)
         stats.prefill_seconds = time.perf_counter() - t0
         forwards0 = lm.n_forwards
         rec = _Recorder(lm)
@@ -664,15 +750,21 @@ class Generator:
         ]
 
     def _run_asap(
-        self, ids: list[int], max_tokens: int, temperature: float, rng: Any, n: int, t_start: float
+        self, ids: list[int], max_tokens: int, temperature: float, rng: Any, n: int, t_start: float,
+        backend: Any,
     ) -> Completion | list[Completion]:
         from decoding.lm_adapter import PromptLM
         from samplers import ASApEmptyLanguageError, ASApSampler
 
-        key = (tuple(ids), max_tokens, float(temperature))
+        key = (tuple(ids), max_tokens, float(temperature), id(backend))
         asap = self._asap.pop(key, None)
         if asap is None:
-            lm = _Recorder(PromptLM(self.model, ids, temperature=temperature))
+            inner = (
+                PromptLM(self.model, ids, temperature=temperature)
+                if backend is None
+                else backend.lm(ids, temperature=temperature)
+            )
+            lm = _Recorder(inner)
             asap = ASApSampler(
                 lm, self.compiled.matcher(), max_tokens=max_tokens, max_nodes=ASAP_MAX_NODES
             )
@@ -685,6 +777,8 @@ class Generator:
             compile_seconds=self.compile_seconds, batch_size=1, sampler="asap",
             prompt_tokens=len(ids),
         )
+        if backend is not None:
+            _prefill(rec.lm, stats)
         calls0, rows0, model0 = len(rec.call_starts), rec.rows, rec.model_seconds
         forwards0 = rec.lm.n_forwards
         try:
@@ -733,6 +827,7 @@ def generate(
     property_order: PropertyOrder = "schema",
     n_particles: int = 8,
     ess_threshold: float = 0.5,
+    long_context: LongContextOption = None,
 ) -> Completion | list[Completion]:
     """Generate text for ``prompt`` under at most one constraint.
 
@@ -766,9 +861,18 @@ def generate(
     Under every sampler, an output cut by ``max_tokens`` has ``finish_reason == "length"`` and
     ``value is None`` (an SMC run where no particle finished returns its best cut particle that
     way, with ``log_ml = -inf``).
+
+    Long prompts (``long_context``): with ``"auto"``, ``"lambda"`` or ``"none"`` the call goes
+    through the model's long-context backend (``Model.backend``: chunked prefill, a KV prefix
+    cache kept on the model, so later calls whose prompt starts with the same document reuse its
+    KV; ``"auto"`` is exact within the trained length and switches to the LM-Infinite Lambda
+    attention past it, ``"lambda"`` always uses it, ``"none"`` is plain attention). With the
+    default None, prompts that fit the trained length take the plain path and longer ones the
+    backend with ``"auto"``. ``stats.long_context`` and ``stats.prompt_tokens_cached`` report it.
     """
     validate_sampling(sampler, temperature, top_k, top_p)
     _validate_smc(n_particles, ess_threshold)
+    _validate_long_context(long_context)
     gen = Generator(
         model,
         schema=schema,
@@ -777,6 +881,7 @@ def generate(
         choices=choices,
         whitespace=whitespace,
         property_order=property_order,
+        long_context=long_context,
     )
     return gen.generate(
         prompt,

@@ -42,7 +42,24 @@ if TYPE_CHECKING:
 
     from decoding.model import Model
 
-__all__ = ["PromptLM"]
+__all__ = ["PromptLM", "sampler_logprobs"]
+
+
+def sampler_logprobs(
+    logits: torch.Tensor, *, temperature: float, eos_token_ids: Sequence[int]
+) -> torch.Tensor:
+    """The rows the samplers get from logits ``(B, V)``: ``log_softmax(logits / temperature)`` in
+    fp32, with the mass of every EOS id merged into the first one (the others get ``-inf``)."""
+    import torch
+
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    if len(eos_token_ids) > 1:
+        first, others = int(eos_token_ids[0]), [int(e) for e in eos_token_ids[1:]]
+        lp[:, first] = torch.logsumexp(lp[:, [first, *others]], dim=-1)
+        lp[:, others] = float("-inf")
+    return lp
 
 
 class PromptLM:
@@ -97,16 +114,8 @@ class PromptLM:
 
     # ---- helpers --------------------------------------------------------------------------------
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        if self._other_eos:
-            cols = [self.eos_token_id, *self._other_eos]
-            lp[:, self.eos_token_id] = torch.logsumexp(lp[:, cols], dim=-1)
-            lp[:, self._other_eos] = float("-inf")
-        return lp
+        return sampler_logprobs(logits, temperature=self.temperature,
+                                eos_token_ids=(self.eos_token_id, *self._other_eos))
 
     def _forward(self, token_ids: Any, state: DecodeState) -> torch.Tensor:
         self.n_forwards += 1

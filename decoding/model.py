@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,30 @@ class Model:
     chat: bool = True
     load_seconds: float = 0.0
     cache_kind: str = "dynamic"
+    _backends: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, vocab={self.vocab.size}, eos={self.eos_token_ids})"
+
+    @property
+    def trained_length(self) -> int | None:
+        """The context length the model was trained with (None when its config does not say)."""
+        from decoding.backend.lambda_attention import trained_length
+
+        return trained_length(self.hf_model.config)
+
+    def backend(self, long_context: str = "auto") -> Any:
+        """The model's long-context backend (:class:`decoding.backend.BatchedLM`) for this
+        ``long_context`` setting (``"auto"``, ``"lambda"`` or ``"none"``), created on first use and
+        kept: every call through it shares one KV prefix cache, so a document is prefilled once
+        for all the requests that start with it."""
+        backend = self._backends.get(long_context)
+        if backend is None:
+            from decoding.backend import BatchedLM
+
+            backend = BatchedLM(self, long_context=long_context)  # type: ignore[arg-type]
+            self._backends[long_context] = backend
+        return backend
 
     @property
     def has_chat_template(self) -> bool:

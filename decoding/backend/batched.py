@@ -202,6 +202,7 @@ class BatchedLM:
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.prefill_chunk = prefill_chunk
+        self.long_context = long_context
         self.pattern = resolve_pattern(
             long_context, cfg, n_global=n_global, window=window, max_distance=max_distance
         )
@@ -259,9 +260,9 @@ class BatchedLM:
             rows = self._run([key], score=True)
         return rows[key].token_logprobs
 
-    def lm(self, prompt: Sequence[int]) -> PromptedLM:
+    def lm(self, prompt: Sequence[int], *, temperature: float = 1.0) -> PromptedLM:
         """A ``samplers`` ``LanguageModel`` whose sequences continue ``prompt`` (token ids)."""
-        return PromptedLM(self, prompt)
+        return PromptedLM(self, prompt, temperature=temperature)
 
     def clear(self) -> None:
         """Empty the prefix cache."""
@@ -415,18 +416,35 @@ def torch_log_softmax(x: Any) -> Any:
 class PromptedLM:
     """``samplers.protocols.LanguageModel`` over a :class:`BatchedLM`: ``sequences`` are the
     generated ids; the prompt (token ids) is prepended, and its KV is shared by every sequence
-    and every call (one batched forward pass per call, one row per distinct sequence)."""
+    and every call (one batched forward pass per call, one row per distinct sequence).
 
-    def __init__(self, backend: BatchedLM, prompt: Sequence[int]) -> None:
+    ``next_token_logprobs`` gives the rows the samplers target
+    (:func:`decoding.lm_adapter.sampler_logprobs`: ``log_softmax(logits / temperature)``, the mass
+    of every EOS id merged into ``eos_token_id``)."""
+
+    def __init__(
+        self, backend: BatchedLM, prompt: Sequence[int], *, temperature: float = 1.0
+    ) -> None:
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.backend = backend
         self.prompt = tuple(int(t) for t in prompt)
         if not self.prompt:
             raise ValueError("the prompt must hold at least one token (e.g. BOS)")
+        self.temperature = float(temperature)
         self.vocab_size = backend.vocab_size
         self.eos_token_id = backend.eos_token_id
 
     def next_token_logprobs(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        return self.backend.logprobs([self.prompt + tuple(s) for s in sequences])
+        from decoding.lm_adapter import sampler_logprobs
+
+        return sampler_logprobs(self.next_token_logits(sequences), temperature=self.temperature,
+                                eos_token_ids=self.backend.eos_token_ids)
+
+    @property
+    def n_forwards(self) -> int:
+        """Forward passes the backend has run (all callers; take differences)."""
+        return self.backend.forward_passes
 
     def next_token_logits(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         return self.backend.logits([self.prompt + tuple(s) for s in sequences])
