@@ -261,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
                      + " |")
     lines += [
         "",
-        "Top of the exact distribution and of LCD (masking):",
+        "The strings with the most probability under the target or under LCD (masking):",
         "",
         "| string | exact | LCD |",
         "|---|---|---|",
     ]
-    for s, v in list(strings.items())[:8]:
-        lines.append(f"| {s} | {v:.4f} | {lcd.get(s, 0.0):.4f} |")
+    top = sorted(set(strings) | set(lcd), key=lambda x: -max(strings.get(x, 0.0), lcd.get(x, 0.0)))
+    for s in top[:8]:
+        lines.append(f"| {s} | {strings.get(s, 0.0):.4f} | {lcd.get(s, 0.0):.4f} |")
     lines += ["", "![KL against samples](alignment.png)", ""]
     (args.out_dir / "alignment.md").write_text("\n".join(lines))
     print("\n".join(lines))

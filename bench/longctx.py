@@ -12,8 +12,11 @@ Sections (all in one run, same machine state; ratios are what to quote, not abso
   padded (one batch padded to the longest, transformers sdpa), prepacked through BatchedLM
   (packed and chunked; its KV lands in the prefix cache) and prepacked bins through sdpa
   (``decoding.backend.prefill.prepacked_prefill``, the paper's dense form); outputs checked equal.
-- ``reuse``: a ``--doc-tokens`` document followed by five different requests (schemas): call 1
-  prefills the document, calls 2-5 reuse its KV; per-call times and their ratio.
+- ``reuse``: five ``decoding.generate(..., long_context="auto")`` calls, each a ``--doc-tokens``
+  document followed by a request for a record of a different JSON Schema (greedy, up to
+  ``--reuse-max-tokens`` tokens): call 1 prefills the document into the model's KV prefix cache,
+  calls 2-5 find it there; per-call times (whole calls, generation included), their ratio, the
+  prompt tokens served from the cache and the outputs (validated when finished).
 - ``ppl``: perplexity of the first ``--ppl-context`` tokens of a long-text document, per
   1024-token position bucket, with ``long_context="auto"`` (LM-Infinite Lambda pattern past the
   8,192-token trained length) and ``"none"`` (plain attention); the plot
@@ -21,7 +24,8 @@ Sections (all in one run, same machine state; ratios are what to quote, not abso
 
     python -m bench.longctx [--sections memory,prefill,reuse,ppl] [--prompt-tokens 4000]
         [--particles 16] [--decode-steps 4] [--prefill-lengths 200,4000] [--doc-tokens 6000]
-        [--ppl-context 16384] [--chunk 512] [--threads 1] [--out-dir bench/results]
+        [--ppl-context 16384] [--chunk 512] [--reuse-max-tokens 48] [--threads 1]
+        [--out-dir bench/results]
 """
 
 from __future__ import annotations
@@ -206,33 +210,57 @@ def section_prefill(model, args: argparse.Namespace) -> dict:
 
 
 # ---- reuse ---------------------------------------------------------------------------------------------
-def section_reuse(model, args: argparse.Namespace) -> dict:
-    from decoding.backend import BatchedLM
+REUSE_SCHEMAS = [
+    {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60},
+                                      "year": {"type": "integer", "minimum": 1000}},
+     "required": ["title", "year"], "additionalProperties": False},
+    {"type": "object", "properties": {"author": {"type": "string", "maxLength": 40},
+                                      "genre": {"enum": ["novel", "essay", "poetry", "other"]}},
+     "required": ["author", "genre"], "additionalProperties": False},
+    {"type": "object", "properties": {"characters": {"type": "array", "maxItems": 3,
+                                                     "items": {"type": "string", "maxLength": 24}}},
+     "required": ["characters"], "additionalProperties": False},
+    {"type": "object", "properties": {"setting": {"type": "string", "maxLength": 40},
+                                      "century": {"type": "integer", "minimum": 1,
+                                                  "maximum": 21}},
+     "required": ["setting", "century"], "additionalProperties": False},
+    {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 80},
+                                      "sad": {"type": "boolean"}},
+     "required": ["summary", "sad"], "additionalProperties": False},
+]
 
-    doc = _doc_tokens(model.tokenizer, args.doc_tokens, index=1)
-    schemas = [
-        '{"title": string, "year": integer}',
-        '{"authors": [string], "venue": string}',
-        '{"method": string, "datasets": [string]}',
-        '{"claims": [string], "speedup": number}',
-        '{"limitations": [string]}',
-    ]
-    backend = BatchedLM(model, prefill_chunk=args.chunk, long_context="auto")
-    times = []
-    for schema in schemas:
-        req = model.tokenizer(f"\n\nExtract a JSON record {schema} from the text above.\n")[
-            "input_ids"
-        ]
+
+def section_reuse(model, args: argparse.Namespace) -> dict:
+    """Five ``decoding.generate`` calls (five schemas, greedy) over one long document: the first
+    prefills it into the model's KV prefix cache, the next four find it there."""
+    import jsonschema
+
+    from decoding import generate
+
+    doc = model.tokenizer.decode(_doc_tokens(model.tokenizer, args.doc_tokens, index=1))
+    times, outputs, cached = [], [], []
+    for k, schema in enumerate(REUSE_SCHEMAS):
+        prompt = f"{doc}\n\nExtract this JSON record from the text above: {json.dumps(schema)}"
         t0 = time.perf_counter()
-        backend.logits([doc + req])
+        out = generate(prompt, schema=schema, model=model, long_context="auto",
+                       max_tokens=args.reuse_max_tokens)
         times.append(time.perf_counter() - t0)
-        print(f"  reuse call {len(times)}: {times[-1]:.2f} s", flush=True)
+        if out.finish_reason == "stop":
+            jsonschema.validate(out.value, schema)
+        outputs.append({"finish_reason": out.finish_reason, "text": out.text,
+                        "generated_tokens": out.stats.generated_tokens,
+                        "prompt_tokens": out.stats.prompt_tokens})
+        cached.append(out.stats.prompt_tokens_cached)
+        print(f"  reuse call {k + 1}: {times[-1]:.2f} s, {out.stats.prompt_tokens} prompt tokens "
+              f"({cached[-1]} cached), {out.finish_reason}: {out.text[:60]!r}", flush=True)
     later = sum(times[1:]) / len(times[1:])
     return {
-        "doc_tokens": len(doc),
+        "doc_tokens": args.doc_tokens,
         "call_seconds": times,
         "mean_later_over_first": later / times[0],
-        "tokens_reused": backend.stats.tokens_reused,
+        "prompt_tokens_cached": cached,
+        "outputs": outputs,
+        "max_tokens": args.reuse_max_tokens,
     }
 
 
@@ -305,13 +333,14 @@ def plot_ppl(ppl: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_markdown(results: dict, path: Path, command: str) -> None:
-    lines = ["# Long-context backend benchmark (SmolLM2-135M, CPU)", "", f"Command: `{command}`", ""]
-    lines.append(f"Threads: {results['threads']}. Machine: shared 2-core CPU (noisy; quote ratios).")
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Long-context backend benchmark (SmolLM2-135M, CPU)", ""]
+    lines.append(f"Threads: {results['threads']}. Machine: shared 2-core CPU (noisy; quote ratios). "
+                 "Each section was last run by the command under its heading.")
     lines.append("")
     mem = results.get("memory")
     if mem:
-        lines += ["## Memory: sequences sharing one prompt", "",
+        lines += ["## Memory: sequences sharing one prompt", "", f"Command: `{mem.get('command', '?')}`", "",
                   "| config | sequences | prompt tokens | KV bytes | KV / one | peak RSS delta | peak / one |",
                   "|---|---|---|---|---|---|---|"]
         for key in ("one", "shared", "unshared"):
@@ -327,6 +356,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
         s = pre["seconds"]
         lines += [
             "## Prefill of 8 mixed-length prompts",
+            "",
+            f"Command: `{pre.get('command', '?')}`",
             "",
             (
                 f"Lengths {pre['lengths']} ({pre['total_tokens']} tokens; "
@@ -350,13 +381,13 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
         ]
     reuse = results.get("reuse")
     if reuse:
-        lines += ["## One document, five requests", "",
+        lines += ["## One document, five requests", "", f"Command: `{reuse.get('command', '?')}`", "",
                   f"Document: {reuse['doc_tokens']} tokens. Call times (s): "
                   + ", ".join(f"{t:.2f}" for t in reuse["call_seconds"])
                   + f". Mean of calls 2-5 / call 1: {reuse['mean_later_over_first']:.3f}.", ""]
     ppl = results.get("ppl")
     if ppl:
-        lines += ["## Perplexity against position", "",
+        lines += ["## Perplexity against position", "", f"Command: `{ppl.get('command', '?')}`", "",
                   f"{ppl['tokens']} tokens of one long-text document, buckets of {ppl['bucket']}.",
                   "", "| attention | ppl 1k-4k | ppl far | far / near |", "|---|---|---|---|"]
         for mode, label in (("auto", "Lambda (auto)"), ("none", "plain")):
@@ -378,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--doc-tokens", type=int, default=6000)
     p.add_argument("--ppl-context", type=int, default=16384)
     p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--reuse-max-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
@@ -387,26 +419,33 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_worker(args.memory_worker, args)))
         return
     sections = args.sections.split(",")
-    results: dict = {"threads": args.threads, "args": vars(args)}
+    command = "python -m bench.longctx " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # sections not run now keep their last results (each section records its own command)
+    previous = out / "longctx.json"
+    results: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    results.update({"threads": args.threads, "args": vars(args)})
+    results.pop("command", None)
+    fresh: dict = {}
     if "memory" in sections:
-        results["memory"] = section_memory(args)
+        fresh["memory"] = section_memory(args)
     model = None
     if any(s in sections for s in ("prefill", "reuse", "ppl")):
         model = _load(args.threads)
     if "prefill" in sections:
-        results["prefill"] = section_prefill(model, args)
+        fresh["prefill"] = section_prefill(model, args)
     if "reuse" in sections:
-        results["reuse"] = section_reuse(model, args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        fresh["reuse"] = section_reuse(model, args)
     if "ppl" in sections:
-        results["ppl"] = section_ppl(model, args)
-        plot_ppl(results["ppl"], out / "longctx_ppl.png")
-    command = "python -m bench.longctx " + " ".join(argv if argv is not None else sys.argv[1:])
-    results["command"] = command
+        fresh["ppl"] = section_ppl(model, args)
+        plot_ppl(fresh["ppl"], out / "longctx_ppl.png")
+    for name, section in fresh.items():
+        section["command"] = command
+        results[name] = section
     (out / "longctx.json").write_text(json.dumps(results, indent=2))
-    write_markdown(results, out / "longctx.md", command)
-    print(json.dumps({k: v for k, v in results.items() if k != "args"}, indent=1)[:4000])
+    write_markdown(results, out / "longctx.md")
+    print(json.dumps({k: v for k, v in fresh.items()}, indent=1)[:4000])
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--whitespace", choices=["compact", "flexible"], default="compact")
     g.add_argument("--property-order", choices=["schema", "any"], default="schema")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    g.add_argument(
+        "--long-context",
+        choices=["auto", "lambda", "none"],
+        default=None,
+        help="go through the long-context backend (chunked prefill, KV prefix cache; 'auto' and "
+        "'lambda' use LM-Infinite attention past the trained length). Default: only for prompts "
+        "longer than the model's trained length, with 'auto'",
+    )
     g.add_argument("--stats", action="store_true", help="print timings to stderr")
 
     from decoding.query.cli import add_arguments as _add_query_arguments
@@ -146,7 +154,7 @@ def _generate(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         model = load_model(args.model)
-        gen = Generator(model, grammar)
+        gen = Generator(model, grammar, long_context=args.long_context)
         out = gen.generate(
             prompt,
             sampler=args.sampler,

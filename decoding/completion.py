@@ -106,6 +106,12 @@ class GenerationStats:
                 f"over {self.sampled_tokens} sampled tokens"
                 + (f", {self.resamples} resamplings" if self.sampler == "smc" else ""),
             )
+        if self.long_context is not None:
+            lines.insert(
+                2,
+                f"long-context backend ({self.long_context}): {self.prompt_tokens_cached} prompt "
+                "tokens from the KV prefix cache",
+            )
         return "\n".join(lines)
 
 

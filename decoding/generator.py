@@ -227,6 +227,9 @@ class Generator:
     Lark text) / ``choices=``; none of them means unconstrained text. The other keywords are
     defaults for :meth:`generate`, which can override each one per call.
 
+    ``long_context`` (None, ``"auto"``, ``"lambda"``, ``"none"``) picks the model path: see
+    :func:`generate`.
+
     With ``sampler="asap"`` the Generator keeps the ASAp trie of each (prompt, ``max_tokens``,
     ``temperature``) it sampled (the last few), so repeated calls keep converging to the model
     conditioned on the constraint; :meth:`asap_sampler` returns it.

@@ -52,6 +52,10 @@ def clear_cache(*, disk: bool = False) -> None:
             f.unlink()
 
 
+#: ``Matcher.few_allowed_tokens`` lists a state's allowed tokens when there are at most this many.
+FEW_TOKENS = 16
+
+
 @dataclass(eq=False)
 class CompiledGrammar:
     """A grammar compiled against a vocabulary. Create with :func:`compile`."""
@@ -80,6 +84,7 @@ class CompiledGrammar:
         # forced bytes: states with exactly one outgoing byte and not accepting
         live = self._trans >= 0
         counts = live.sum(axis=1)
+        self._few: dict[int, tuple[int, ...] | None] = {}  # state -> few_allowed_tokens
         self._forced_byte = np.where(
             (counts == 1) & ~self._accepting, live.argmax(axis=1), -1
         ).astype(np.int32)
@@ -121,6 +126,17 @@ class CompiledGrammar:
 
     def matcher(self) -> Matcher:
         return Matcher(self)
+
+    def few_allowed_tokens(self, state: int) -> tuple[int, ...] | None:
+        """The allowed token ids of ``state`` (EOS included when accepting) if its mask row is
+        already computed and has at most :data:`FEW_TOKENS` tokens; else None (cached per state)."""
+        if not self._done[state]:
+            return None
+        if state not in self._few:
+            bits = np.unpackbits(self.masks[state].view(np.uint8), bitorder="little")
+            ids = np.flatnonzero(bits)
+            self._few[state] = tuple(int(t) for t in ids) if len(ids) <= FEW_TOKENS else None
+        return self._few[state]
 
     # token-level helpers used by Matcher
     def next_state(self, state: int, token: int) -> int:
@@ -208,6 +224,14 @@ class Matcher:
             import torch
 
             bitmask[row].copy_(torch.from_numpy(src.view(np.int32)))
+
+    def few_allowed_tokens(self) -> tuple[int, ...] | None:
+        """The allowed token ids when the state's mask row is already known and lists at most
+        ``FEW_TOKENS`` tokens (EOS included when accepting); None otherwise. Free to call: it
+        never computes a mask (see ``samplers.protocols.Matcher``)."""
+        if self._terminated:
+            return ()
+        return self._g.few_allowed_tokens(self._state)
 
     def forced_bytes(self) -> bytes:
         """Bytes the grammar forces next (jump-forward text), without changing state."""

@@ -61,6 +61,13 @@ c(y)``. Two estimators are implemented (both verified exact by enumeration in th
 
 Either way the result stays properly weighted.
 
+**Few allowed tokens.** A matcher with ``few_allowed_tokens()`` (``samplers.protocols.Matcher``)
+may list its allowed set when it already knows it and it is small (a token automaton's
+precomputed row). Then the token is drawn exactly from ``p`` restricted to that set, with the
+exact weight ``Z`` (zero variance), and the call counts one check per listed token. These are the
+states where rejection is worst: a forced continuation (the rest of a property name) that the
+model gives little mass, where hundreds of draws would be rejected first.
+
 **proper_weights=False**: plain constrained sampling, one round, no weight: ``log_weight`` is 0.0
 when a token is found (``-inf`` when nothing is allowed). Not for SMC.
 
@@ -71,13 +78,21 @@ When no allowed token has positive probability the walk exhausts the support and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from samplers._oracle import ConstraintOracle
-from samplers._util import NEG_INF, DescendingOrder, as_logprob_array, exponential_list, gumbels
+from samplers._util import (
+    NEG_INF,
+    DescendingOrder,
+    as_logprob_array,
+    exponential_list,
+    gumbels,
+    uniforms,
+)
 from samplers.protocols import Matcher, RandomGenerator, SampleResult
 
 if TYPE_CHECKING:
@@ -249,6 +264,10 @@ class AWRSSampler:
             return SampleResult(None, NEG_INF, 0)
         if math.isnan(top) or top == math.inf:
             raise ValueError("logprobs contain NaN or +inf")
+        few = getattr(matcher, "few_allowed_tokens", None)
+        ids = few() if few is not None else None
+        if ids is not None:
+            return self._from_few(lp, top, ids, generator)
         # Masses are scaled by exp(-top) (exact ratios, no underflow of the largest); log-weights
         # get ``top`` back at the end. Tokens with log p = -inf get key -inf: never drawn.
         masses = _Masses(lp, top, lp_list)
@@ -291,6 +310,25 @@ class AWRSSampler:
             w = rem1 / (len(first.rejected) + len(second.rejected) + 1)
         log_w = math.log(w) + top if w > 0.0 else NEG_INF
         return SampleResult(x, log_w, oracle.n_checks)
+
+
+    def _from_few(self, lp: np.ndarray, top: float, ids: Sequence[int],
+                  generator: RandomGenerator) -> SampleResult:
+        """The matcher listed its few allowed tokens: draw exactly from ``p`` restricted to them,
+        with the exact weight ``Z`` (zero variance), one check per listed token."""
+        if not ids:
+            return SampleResult(None, NEG_INF, 0)
+        idx = np.asarray(ids, dtype=np.int64)
+        idx = idx[idx < lp.shape[0]]
+        mass = np.exp(lp[idx].astype(np.float64) - top)
+        z = float(mass.sum())
+        if not z > 0.0:
+            return SampleResult(None, NEG_INF, len(ids))
+        cum = np.cumsum(mass)
+        pick = int(np.searchsorted(cum, uniforms(1, generator)[0] * cum[-1], side="right"))
+        x = int(idx[min(pick, len(idx) - 1)])
+        log_w = math.log(z) + top if self.proper_weights else 0.0
+        return SampleResult(x, log_w, len(ids))
 
 
 def expected_first_round_checks(probs: Any, allowed: Any) -> float:

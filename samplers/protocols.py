@@ -50,6 +50,13 @@ class Matcher(Protocol):
       ``i // 32`` set = token ``i`` allowed; see ``kernels.allocate_token_bitmask``).
     - ``fork()``: an independent copy of the state (cheap; used for SMC particles).
     - ``is_terminated()``: EOS has been accepted; nothing more can follow.
+
+    Optional: ``few_allowed_tokens()`` returns the allowed token ids (EOS included when
+    accepting) when the matcher already knows them without work and they are few (a token
+    automaton's precomputed row with at most ``grammars.compiled.FEW_TOKENS`` tokens), else None.
+    AWRS then draws exactly from that set (one check per listed token) instead of rejecting its
+    way to it: the states that force a continuation (the rest of a property name, a closing
+    quote) are where the model's mass on the allowed set is smallest.
     """
 
     def check_token(self, token_id: int) -> bool: ...

@@ -9,7 +9,7 @@ from typing import Any
 from decoding.query.backend import Backend, ModelBackend
 from decoding.query.errors import HostedModelError, QuerySyntaxError
 from decoding.query.parser import Query, is_local_model, parse
-from decoding.query.runtime import QueryResult, QueryStats, Runtime, Settings
+from decoding.query.runtime import BeamExpansion, QueryResult, QueryStats, Runtime, Settings
 
 __all__ = ["query", "resolve_backend", "settings_for"]
 
@@ -125,6 +125,8 @@ def query(
     else:
         model_arg = model
         backend = resolve_backend(q, model_arg)
+    if settings.decoder == "beam":
+        return _program_beam(q, backend, settings, all_inputs)
     runs = settings.n if settings.decoder == "sample" else 1
     out: list[QueryResult] = []
     for i in range(runs):
@@ -137,20 +139,72 @@ def query(
         rt = Runtime(q, backend, settings, all_inputs, gen)
         with torch.inference_mode():
             scope = rt.run()
-        top = {}
-        for rec in rt.records:
-            if rec.nested_in is None:
-                top[rec.name] = rec.value
-        stats = QueryStats(
-            model_calls=backend.calls - calls0, tokens_processed=backend.tokens - toks0,
-            generated_tokens=rt.generated, forced_tokens=rt.forced,
-            seconds=time.perf_counter() - t0,
-        )
-        user_scope = {k: v for k, v in scope.items()
-                      if not k.startswith("__") and k not in all_inputs}
-        out.append(QueryResult(
-            variables=top, prompt=rt.ctx.text(), holes=rt.records,
-            distributions=rt.distributions, stats=stats, decoder=settings.decoder,
-            model=backend.name, scope=user_scope,
-        ))
+        out.append(_result(rt, scope, backend, settings, all_inputs, calls0, toks0, t0))
     return out[0] if runs == 1 else out
+
+
+def _result(rt: Runtime, scope: dict[str, Any], backend: Backend, settings: Settings,
+            inputs: dict[str, Any], calls0: int, toks0: int, t0: float) -> QueryResult:
+    import time
+
+    top = {}
+    for rec in rt.records:
+        if rec.nested_in is None:
+            top[rec.name] = rec.value
+    stats = QueryStats(
+        model_calls=backend.calls - calls0, tokens_processed=backend.tokens - toks0,
+        generated_tokens=rt.generated, forced_tokens=rt.forced,
+        seconds=time.perf_counter() - t0,
+    )
+    user_scope = {k: v for k, v in scope.items() if not k.startswith("__") and k not in inputs}
+    return QueryResult(
+        variables=top, prompt=rt.ctx.text(), holes=rt.records, distributions=rt.distributions,
+        stats=stats, decoder=settings.decoder, model=backend.name, scope=user_scope,
+    )
+
+
+def _program_beam(q: Query, backend: Backend, settings: Settings,
+                  inputs: dict[str, Any]) -> QueryResult:
+    """``beam(n)`` over the whole program (LMQL's semantics): a beam is the list of the generated
+    tokens of every hole so far, scored by their total log-probability. Each round replays every
+    unfinished beam's program up to its next hole (fixed text and earlier values are placed in the
+    context, not decoded), expands that hole by a width-``n`` beam search, and keeps the ``n`` best
+    of all continuations and finished programs; it ends when the ``n`` best have all finished.
+    Returns the best finished program, with ``score`` and the other final ``beams``. Model calls
+    and tokens in ``stats`` count every replay (the text is re-fed per run)."""
+    import time
+
+    import torch
+
+    width = int(settings.n)
+    calls0, toks0 = backend.calls, backend.tokens
+    t0 = time.perf_counter()
+    # (score, replay, finished run or None)
+    pool: list[tuple[float, list[list[int]], tuple[Runtime, dict[str, Any]] | None]] = [
+        (0.0, [], None)]
+    while any(done is None for _, _, done in pool):
+        nxt: list[tuple[float, list[list[int]], tuple[Runtime, dict[str, Any]] | None]] = []
+        for score, replay, done in pool:
+            if done is not None:
+                nxt.append((score, replay, done))
+                continue
+            rt = Runtime(q, backend, settings, inputs, None, replay=replay)
+            try:
+                with torch.inference_mode():
+                    scope = rt.run()
+            except BeamExpansion as grow:
+                nxt.extend((score + s, [*replay, toks], None) for s, toks in grow.candidates)
+                continue
+            nxt.append((score, replay, (rt, scope)))
+        nxt.sort(key=lambda e: -e[0])
+        pool = nxt[:width]
+    results = []
+    for score, _replay, done in pool:
+        assert done is not None
+        rt, scope = done
+        r = _result(rt, scope, backend, settings, inputs, calls0, toks0, t0)
+        r.score = score
+        results.append(r)
+    best = results[0]
+    best.beams = results[1:]
+    return best

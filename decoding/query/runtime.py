@@ -11,8 +11,10 @@ later in one chunk: never sampled), evaluates ``{expr}`` interpolations, and dec
 - Bytes the constraint forces (``Matcher.forced_bytes``, e.g. the rest of a choice) are appended
   without a model call; a hole whose constraint allows nothing more ends without a model call.
 - The KV cache is reused across holes (one context per query run; nested queries crop it back).
-- Decoders: ``argmax``, ``sample`` (temperature/top_k/top_p), ``beam(n)`` (per hole: the best
-  complete beam by total log-probability is kept), ``smc(n)`` (``samplers.smc`` with AWRS
+- Decoders: ``argmax``, ``sample`` (temperature/top_k/top_p), ``beam(n)`` (over the whole
+  program, see :func:`decoding.query.runner.query`: the runtime replays the hole values of a beam
+  (``replay``) and, at the next hole, returns its ``n`` best continuations by raising
+  :class:`BeamExpansion`), ``smc(n)`` (``samplers.smc`` with AWRS
   proposals, per hole: the maximum-posterior value), ``awrs`` (``samplers.AWRSSampler`` per token).
 - ``distribution VAR in VALUES``: each value is scored by one forward pass over the shared prefix
   (log P(value | prompt)), the probabilities are normalized over the values, VAR takes the argmax.
@@ -50,7 +52,7 @@ from decoding.query.errors import QueryError, QueryRuntimeError
 from decoding.query.parser import RUNTIME_NAME, PromptStatement, Query
 from decoding.query.template import Hole, Interp, Text
 
-__all__ = ["HoleMatcher", "HoleRecord", "QueryResult", "Runtime", "Settings"]
+__all__ = ["BeamExpansion", "HoleMatcher", "HoleRecord", "QueryResult", "Runtime", "Settings"]
 
 NEG_INF = float("-inf")
 
@@ -319,6 +321,16 @@ class QueryStats:
     seconds: float = 0.0
 
 
+class BeamExpansion(BaseException):
+    """Raised by a program-level beam run at the hole it expands: ``candidates`` are the hole's
+    best ``(log-probability, tokens)`` continuations. A ``BaseException`` so that a script's own
+    ``except Exception`` cannot swallow it."""
+
+    def __init__(self, candidates: list[tuple[float, list[int]]]) -> None:
+        super().__init__(len(candidates))
+        self.candidates = candidates
+
+
 @dataclass
 class QueryResult:
     """What a query run returns: the variables (last value of each top-level hole, plus the
@@ -333,6 +345,10 @@ class QueryResult:
     decoder: str
     model: str
     scope: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: ``beam(n)``: the total log-probability of the generated tokens of this beam, and the other
+    #: final beams (best first, this one excluded).
+    score: float | None = None
+    beams: list[QueryResult] = field(default_factory=list, repr=False)
 
     def __getitem__(self, name: str) -> Any:
         return self.variables[name]
@@ -342,6 +358,10 @@ class QueryResult:
 
     def summary(self) -> str:
         lines = [f"decoder: {self.decoder}   model: {self.model}"]
+        if self.score is not None:
+            others = ", ".join(f"{b.score:.3f}" for b in self.beams)
+            lines.append(f"beam: total log-probability {self.score:.3f} (other final beams: "
+                         f"{others or 'none'})")
         for h in self.holes:
             where = f" (in {h.nested_in})" if h.nested_in else ""
             lines.append(
@@ -402,13 +422,6 @@ class Context:
             self.fed = n
             self.logits = None
 
-    def adopt(self, state: Any, ids: list[int], logits: Any) -> None:
-        """Continue from ``state`` (which holds ``self.ids + ids``), e.g. the best beam."""
-        self.state = state
-        self.ids.extend(ids)
-        self.fed = len(self.ids)
-        self.logits = logits
-
     def text(self) -> str:
         return self.b.vocab.decode(self.ids).decode("utf-8", errors="replace")
 
@@ -449,7 +462,14 @@ class Runtime:
     """Runs one query program (create one per run)."""
 
     def __init__(self, query: Query, backend: Backend, settings: Settings,
-                 inputs: dict[str, Any], generator: Any) -> None:
+                 inputs: dict[str, Any], generator: Any, *,
+                 replay: list[list[int]] | None = None) -> None:
+        """``replay`` (program-level beam search): the generated tokens of the first holes, in
+        the order the program reaches them; they are placed in the context instead of decoding,
+        and the next hole raises :class:`BeamExpansion` with its ``settings.n`` best
+        continuations."""
+        self.replay = replay
+        self._hole_index = 0
         self.q = query
         self.b = backend
         self.s = settings
@@ -626,10 +646,17 @@ class Runtime:
         start = len(self.ctx.ids)
         dec = self.s.decoder
         forced = 0
-        if dec in ("argmax", "sample"):
-            toks, forced = self._greedy_or_sample(tables, spec, cap)
+        index = self._hole_index
+        self._hole_index += 1
+        if self.replay is not None and index < len(self.replay):
+            toks = list(self.replay[index])
+            self.ctx.append_ids(toks)
         elif dec == "beam":
-            toks = self._beam(tables, spec, cap)
+            if self.replay is None:
+                raise QueryRuntimeError("beam decoding runs through decoding.query.query")
+            raise BeamExpansion(self._beam(tables, spec, cap))
+        elif dec in ("argmax", "sample"):
+            toks, forced = self._greedy_or_sample(tables, spec, cap)
         elif dec == "awrs":
             toks, checks = self._awrs(tables, spec, cap)
         elif dec == "smc":
@@ -782,7 +809,9 @@ class Runtime:
             hm.accept_token(t)
         return ids
 
-    def _beam(self, tables: _Tables, spec: HoleSpec, cap: int) -> list[int]:
+    def _beam(self, tables: _Tables, spec: HoleSpec, cap: int) -> list[tuple[float, list[int]]]:
+        """Beam search of width ``settings.n`` over one hole: its complete continuations,
+        ``(log-probability of the generated tokens, tokens)``, best first (at most ``n``)."""
         import torch
 
         width = int(self.s.n)
@@ -837,11 +866,8 @@ class Runtime:
                 lg2 = self.b.feed(st2, [t])
                 new.append((score, toks + [t], hm2, st2, lg2, False))
             beams = new
-        best = max(beams, key=lambda b: b[0])
-        _score, toks, _hm, st, logits, _done = best
-        if st is not None:
-            self.ctx.adopt(st, toks, logits)
-        return toks
+        beams.sort(key=lambda b: -b[0])
+        return [(score, toks) for score, toks, _hm, _st, _lg, _done in beams]
 
     def _awrs(self, tables: _Tables, spec: HoleSpec, cap: int) -> tuple[list[int], int]:
         import torch

@@ -193,6 +193,32 @@ def test_beam_finds_the_most_likely_choice(toy):
     assert r.variables["X"] == best
 
 
+def test_beam_searches_over_the_whole_program(toy):
+    """Two holes: with n >= the number of value pairs, beam(n) returns the pair with the largest
+    total log-probability (scored in its own context), which per-hole greedy choice misses."""
+    xs, ys = [" Sun", " The"], ["lo", "ny"]
+    src = (f'beam(n={len(xs) * len(ys)})\n"Q:[X]" where X in {xs!r}\n'
+           f'"[Y]" where Y in {ys!r}\n')
+
+    def total(x: str, y: str) -> float:
+        return _seq_logprob(toy, "Q:", x, eos=False) + _seq_logprob(toy, "Q:" + x, y, eos=False)
+
+    r = query(src, model=toy, max_tokens=8)
+    best = max(((x, y) for x in xs for y in ys), key=lambda xy: total(*xy))
+    assert (r.variables["X"], r.variables["Y"]) == best
+    assert r.score == pytest.approx(total(*best), abs=1e-4)
+    assert len(r.beams) == len(xs) * len(ys) - 1
+    scores = [r.score] + [b.score for b in r.beams]
+    assert scores == sorted(scores, reverse=True)
+    # width 1 is token-by-token greedy: the choices differ in their second byte, the rest is
+    # forced
+    greedy_x = max(xs, key=lambda x: _seq_logprob(toy, "Q:", x[:2], eos=False))
+    assert greedy_x != best[0]  # the example is one where hole-by-hole choice goes wrong
+    narrow = query(src.replace(f"beam(n={len(xs) * len(ys)})", "beam(n=1)"), model=toy,
+                   max_tokens=8)
+    assert narrow.variables["X"] == greedy_x and narrow.beams == []
+
+
 def test_distribution_matches_exact_probabilities(toy):
     values = [" positive", " neutral", " negative", "!"]
     src = '"The sentiment is[S]" distribution S in ' + repr(values)

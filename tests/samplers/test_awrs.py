@@ -272,3 +272,38 @@ def test_invalid_options_raise() -> None:
         AWRSSampler(temperature=0.0)
     with pytest.raises(ValueError):
         expected_first_round_checks(P, np.zeros(5, dtype=bool))
+
+
+class FewMatcher(SetMatcher):
+    """SetMatcher that lists its allowed set (as a token automaton with a small row does)."""
+
+    def few_allowed_tokens(self) -> tuple[int, ...]:
+        return tuple(sorted(ALLOWED))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_few_allowed_tokens_draws_exactly_with_weight_z(estimator: str) -> None:
+    g = np.random.default_rng(5)
+    sampler = AWRSSampler(estimator=estimator)  # type: ignore[arg-type]
+    matcher = FewMatcher(ALLOWED, 5)
+    out = [sampler.sample(LP_NP, matcher, generator=g) for _ in range(40_000)]
+    assert matcher.counter.checks == 0  # the listed set needs no check_token call
+    assert all(r.n_checks == len(ALLOWED) for r in out)
+    assert all(abs(math.exp(r.log_weight) - TARGET.sum()) < 1e-12 for r in out)  # w = Z exactly
+    freq = np.bincount([r.token for r in out], minlength=5) / len(out)
+    assert np.abs(freq - TARGET / TARGET.sum()).max() < 0.01  # x ~ p c / Z
+    plain = AWRSSampler(proper_weights=False).sample(LP_NP, matcher, generator=g)
+    assert plain.log_weight == 0.0 and plain.token in ALLOWED
+
+
+def test_few_allowed_tokens_with_no_mass_or_nothing_listed() -> None:
+    class Nothing(SetMatcher):
+        def few_allowed_tokens(self) -> tuple[int, ...]:
+            return ()
+
+    r = AWRSSampler().sample(LP_NP, Nothing(set(), 5))
+    assert r.token is None and r.log_weight == -math.inf
+    lp = LP_NP.copy()
+    lp[[1, 3]] = -math.inf
+    r = AWRSSampler().sample(lp, FewMatcher(ALLOWED, 5))
+    assert r.token is None and r.log_weight == -math.inf and r.n_checks == 2
