@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa
-from grammars.errors import InvalidGrammarError, UnsupportedSchemaError
+from grammars.errors import InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
@@ -347,16 +347,14 @@ def compile(
                 dfa = build_dfa(grammar.rules, max_states=max_states)
                 if cache:
                     _DFA_CACHE[grammar.fingerprint] = dfa
-        except NotRegularError as e:
-            if grammar.kind == "json_schema":
-                raise UnsupportedSchemaError(
-                    "$ref", e.rule.removeprefix("ref:"),
-                    "recursive schema: needs the context-free path (not yet available)",
-                ) from None
-            raise InvalidGrammarError(
-                "recursive rule: needs the context-free path (not yet available)",
-                rule=e.rule.split(":", 1)[-1],
-            ) from None
+        except NotRegularError:
+            from grammars.cfg_matcher import compile_cfg
+
+            cfg_compiled = compile_cfg(grammar, vocab, max_states=max_states)
+            if cache:
+                with _LOCK:
+                    _MEMORY_CACHE[key] = cfg_compiled  # type: ignore[assignment]
+            return cfg_compiled  # type: ignore[return-value]
         compiled = CompiledGrammar(grammar, vocab, dfa)
         if dfa.n_states <= eager_states:
             compiled.compute_masks()

@@ -21,7 +21,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["fill_rows", "token_table", "walk_bytes", "walk_token"]
+__all__ = ["fill_rows", "token_table", "walk_bytes", "walk_lexemes", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -92,3 +92,40 @@ def token_table(trans, data, offsets, special, out):
                 if st < 0:
                     break
             out[s, t] = st
+
+
+@njit(cache=True, nogil=True)
+def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, tok_ids, row,
+                 bnodes, bstates, max_depth):
+    """For each ``(roots[r], root_states[r])``: walk the subtree below trie node ``roots[r]``
+    through ``trans`` from ``root_states[r]`` (the DFA state at that node), OR into ``row`` the
+    tokens it can read, and record the nodes below the root where ``accepts`` holds and the trie
+    goes deeper (a lexeme may end there and a next one start): ``bnodes``/``bstates``. Returns
+    how many were recorded, or -1 if ``bnodes`` is too small."""
+    stack = np.empty(max_depth + 2, dtype=np.int32)
+    nb = 0
+    cap = bnodes.shape[0]
+    total = tb.shape[0]
+    for r in range(roots.shape[0]):
+        root = roots[r]
+        stack[tdepth[root]] = root_states[r]
+        n = root + 1
+        stop = total if root == 0 else tend[root]
+        while n < stop:
+            d = tdepth[n]
+            ns = trans[stack[d - 1], tb[n]]
+            if ns < 0:
+                n = tend[n]
+                continue
+            stack[d] = ns
+            for k in range(tok_ptr[n], tok_ptr[n + 1]):
+                t = tok_ids[k]
+                row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+            if accepts[ns] and tend[n] > n + 1:
+                if nb == cap:
+                    return -1
+                bnodes[nb] = n
+                bstates[nb] = ns
+                nb += 1
+            n += 1
+    return nb

@@ -1,0 +1,318 @@
+"""The context-free path: a :class:`grammars.cfg.Cfg` compiled against a vocabulary, and its Matcher.
+
+**State.** A set of hypotheses ``(column, q)``: an Earley column (:mod:`grammars.earley`: the parse
+of the lexemes completed so far) and a lexer state ``q`` (:mod:`grammars.lexer`: how far into the
+current lexeme). Reading a byte first closes the set at lexeme boundaries (for every terminal
+``t`` the column expects that accepts at ``q``, add ``(column.scan(t), 0)``), then advances every
+lexer state, keeping those where a terminal the column expects is still alive. Every split of the
+input into terminals is tried, so the language is exactly the grammar's. EOS is allowed when some
+closed hypothesis is at a lexeme start with an accepting column. Columns are persistent and states
+are immutable tuples, so ``fork`` is O(1) and ``rollback`` pops a persistent history.
+
+Viability: terminals are trimmed DFAs and the grammar is trimmed (every nonterminal derives a
+string and is reachable), so every prefix the matcher keeps alive extends to a complete string:
+the masks never lead into a dead end.
+
+**Masks.** For a hypothesis ``(column, q)`` with ``A`` the terminals the column expects, the token
+trie is walked through the lexer restricted to ``A`` (numba, :func:`grammars.tokenwalk.
+walk_lexemes`): every token read without leaving one lexeme is allowed, and the trie nodes where a
+lexeme of ``A`` may end (and the token goes on) are collected. The result of that walk depends
+only on ``(q, A)``, not on the parse, and is cached: most steps reuse it (the idea of XGrammar's
+adaptive token mask cache, "context-independent tokens"). Only the tokens that cross a lexeme
+boundary consult the parser: for each terminal ``t`` ending at a collected node, the subtrees
+below those nodes are walked again from the lexer start under ``column.scan(t)``, recursively
+(a token may span several lexemes). The second level is cached by ``(q, A, t, A')`` when it
+crosses no further boundary.
+
+``check_token`` runs the token's bytes through the state (no mask).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grammars.cfg import Cfg
+from grammars.earley import Column, start_column
+from grammars.grammar import Grammar
+from grammars.lexer import Lexer, Restricted
+from grammars.tokenwalk import walk_lexemes
+from grammars.vocab import Vocabulary
+
+__all__ = ["CfgCompiledGrammar", "CfgMatcher"]
+
+Hyp = tuple[Column, int]
+
+
+def _bits(x: int) -> list[int]:
+    out = []
+    while x:
+        low = x & -x
+        out.append(low.bit_length() - 1)
+        x ^= low
+    return out
+
+
+@dataclass(eq=False)
+class CfgCompiledGrammar:
+    """A context-free grammar compiled against a vocabulary (see the module docstring)."""
+
+    grammar: Grammar
+    vocab: Vocabulary
+    cfg: Cfg
+    lexer: Lexer
+    compile_seconds: float = 0.0
+    _inside: dict[tuple[int, int], tuple[np.ndarray, dict[int, np.ndarray]]] = field(
+        default_factory=dict, repr=False)
+    _second: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.words = (self.vocab.size + 31) // 32
+        self._eos_words = np.zeros(self.words, dtype=np.uint32)
+        for e in self.vocab.eos_token_ids:
+            self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
+        self._eos = frozenset(self.vocab.eos_token_ids)
+        self._bnodes = np.empty(1 << 16, dtype=np.int64)
+        self._bstates = np.empty(1 << 16, dtype=np.int32)
+
+    @property
+    def kind(self) -> str:
+        return "cfg"
+
+    def matcher(self) -> CfgMatcher:
+        return CfgMatcher(self)
+
+    # ---- byte-level semantics ---------------------------------------------------------------
+    def close(self, hyps: tuple[Hyp, ...]) -> tuple[Hyp, ...]:
+        """Add the lexeme-boundary hypotheses ``(column.scan(t), 0)``."""
+        out = list(hyps)
+        seen = {(id(c), q) for c, q in hyps}
+        acc = self.lexer.accepts
+        for col, q in hyps:
+            ends = acc[q] & col.expected
+            for t in _bits(ends):
+                nxt = col.scan(t)
+                if nxt is not None and (id(nxt), 0) not in seen:
+                    seen.add((id(nxt), 0))
+                    out.append((nxt, 0))
+        return tuple(out)
+
+    def step(self, hyps: tuple[Hyp, ...], byte: int) -> tuple[Hyp, ...]:
+        """The hypotheses after one byte (closing at boundaries first)."""
+        trans = self.lexer.trans
+        alive = self.lexer.alive
+        out: list[Hyp] = []
+        seen: set[tuple[int, int]] = set()
+        for col, q in self.close(hyps):
+            q2 = int(trans[q, byte])
+            if q2 >= 0 and alive[q2] & col.expected and (id(col), q2) not in seen:
+                seen.add((id(col), q2))
+                out.append((col, q2))
+        return tuple(out)
+
+    def accepting(self, hyps: tuple[Hyp, ...]) -> bool:
+        return any(q == 0 and col.accepting for col, q in self.close(hyps))
+
+    # ---- masks -------------------------------------------------------------------------------
+    def _walk(self, r: Restricted, roots: np.ndarray, states: np.ndarray,
+              row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        trie = self.vocab.trie
+        while True:
+            nb = walk_lexemes(r.trans, r.accepts, roots, states, trie.byte, trie.depth, trie.end,
+                              trie.tok_ptr, trie.tok_ids, row, self._bnodes, self._bstates,
+                              trie.max_depth)
+            if nb >= 0:
+                return self._bnodes[:nb].copy(), self._bstates[:nb].copy()
+            self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
+            self._bstates = np.empty(2 * len(self._bstates), dtype=np.int32)
+            # walk again: the bits already set are allowed tokens, so the row stays right
+
+    def _group(self, r: Restricted, nodes: np.ndarray, states: np.ndarray,
+               root_states: list[tuple[int, int]]) -> dict[int, np.ndarray]:
+        """terminal -> trie nodes where a lexeme of it (allowed by ``r``) ends."""
+        acc = self.lexer.accepts
+        groups: dict[int, list[int]] = {}
+        for node, q in root_states:
+            for t in _bits(acc[q] & r.allowed):
+                groups.setdefault(t, []).append(node)
+        by_state: dict[int, list[int]] = {}
+        for n, q in zip(nodes.tolist(), states.tolist(), strict=True):
+            by_state.setdefault(q, []).append(n)
+        for q, ns in by_state.items():
+            for t in _bits(acc[q] & r.allowed):
+                groups.setdefault(t, []).extend(ns)
+        return {t: np.asarray(ns, dtype=np.int64) for t, ns in groups.items()}
+
+    def inside(self, q: int, allowed: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Cached per ``(q, allowed)``: the tokens readable from lexer state ``q`` within one
+        lexeme of the allowed terminals, and per terminal the trie nodes where one may end."""
+        key = (q, allowed)
+        hit = self._inside.get(key)
+        if hit is None:
+            r = self.lexer.restricted(allowed)
+            row = np.zeros(self.words, dtype=np.uint32)
+            nodes, states = self._walk(r, np.zeros(1, dtype=np.int64),
+                                       np.array([q], dtype=np.int32), row)
+            hit = self._inside[key] = (row, self._group(r, nodes, states, [(0, q)]))
+        return hit
+
+    def _below(self, col: Column, roots: np.ndarray, row: np.ndarray, depth: int) -> None:
+        """OR into ``row`` the tokens that continue below trie nodes ``roots`` from a lexeme
+        start under ``col`` (recursively across further boundaries)."""
+        r = self.lexer.restricted(col.expected)
+        if not r.allowed:
+            return
+        nodes, states = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
+        if len(nodes) == 0:
+            return
+        for t, ns in self._group(r, nodes, states, []).items():
+            nxt = col.scan(t)
+            if nxt is not None:
+                self._below(nxt, ns, row, depth + 1)
+
+    def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray) -> None:
+        """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``."""
+        out[:] = 0
+        for col, q in hyps:
+            base, ends = self.inside(q, col.expected)
+            out |= base
+            for t, nodes in ends.items():
+                nxt = col.scan(t)
+                if nxt is None:
+                    continue
+                key = (q, col.expected, t, nxt.expected)
+                cached = self._second.get(key)
+                if cached is not None:
+                    out |= cached
+                    continue
+                row = np.zeros(self.words, dtype=np.uint32)
+                r2 = self.lexer.restricted(nxt.expected)
+                if r2.allowed:
+                    n2, s2 = self._walk(r2, nodes, np.zeros(len(nodes), dtype=np.int32), row)
+                    if len(n2) == 0:
+                        self._second[key] = row
+                    else:
+                        for t2, ns in self._group(r2, n2, s2, []).items():
+                            nxt2 = nxt.scan(t2)
+                            if nxt2 is not None:
+                                self._below(nxt2, ns, row, 2)
+                out |= row
+        if self.accepting(hyps):
+            out |= self._eos_words
+
+
+class CfgMatcher:
+    """Incremental matcher of a context-free grammar; the same interface as
+    :class:`grammars.compiled.Matcher` (see the module docstring for the semantics)."""
+
+    __slots__ = ("_g", "_hist", "_hyps", "_terminated")
+
+    def __init__(self, compiled: CfgCompiledGrammar) -> None:
+        self._g = compiled
+        self._hyps: tuple[Hyp, ...] = ((start_column(compiled.cfg), 0),)
+        self._hist: tuple | None = None
+        self._terminated = False
+
+    # ---- queries ------------------------------------------------------------------------------
+    def is_accepting(self) -> bool:
+        return not self._terminated and self._g.accepting(self._hyps)
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def is_error(self) -> bool:
+        return not self._terminated and not self._hyps
+
+    def _after(self, data: bytes) -> tuple[Hyp, ...]:
+        hyps = self._hyps
+        g = self._g
+        for b in data:
+            hyps = g.step(hyps, b)
+            if not hyps:
+                break
+        return hyps
+
+    def check_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        g = self._g
+        if token_id in g._eos:
+            return self.is_accepting()
+        if not 0 <= token_id < len(g.vocab.tokens) or g.vocab.special[token_id]:
+            return False
+        tok = g.vocab.tokens[token_id]
+        return bool(tok) and bool(self._after(tok))
+
+    def fill_next_token_bitmask(self, bitmask: Any, row: int = 0) -> None:
+        words = np.zeros(self._g.words, dtype=np.uint32)
+        if not self._terminated:
+            self._g.fill(self._hyps, words)
+        if isinstance(bitmask, np.ndarray):
+            bitmask[row] = words.view(np.int32)
+        else:
+            import torch
+
+            bitmask[row].copy_(torch.from_numpy(words.view(np.int32)))
+
+    def forced_bytes(self) -> bytes:
+        """Bytes the grammar forces next: none are computed on this path (always ``b""``)."""
+        return b""
+
+    # ---- updates ------------------------------------------------------------------------------
+    def accept_token(self, token_id: int) -> bool:
+        if not self.check_token(token_id):
+            return False
+        self._hist = (self._hyps, self._terminated, self._hist)
+        if token_id in self._g._eos:
+            self._terminated = True
+        else:
+            self._hyps = self._after(self._g.vocab.tokens[token_id])
+        return True
+
+    def accept_bytes(self, data: bytes) -> bool:
+        if self._terminated:
+            return False
+        hyps = self._after(data)
+        if not hyps:
+            return False
+        self._hist = (self._hyps, self._terminated, self._hist)
+        self._hyps = hyps
+        return True
+
+    def accept_string(self, text: str) -> bool:
+        return self.accept_bytes(text.encode("utf-8"))
+
+    def rollback(self, n_tokens: int = 1) -> None:
+        for _ in range(n_tokens):
+            if self._hist is None:
+                raise ValueError("cannot roll back past the start")
+            self._hyps, self._terminated, self._hist = self._hist
+
+    def reset(self) -> None:
+        self._hyps = ((start_column(self._g.cfg), 0),)
+        self._hist = None
+        self._terminated = False
+
+    def fork(self) -> CfgMatcher:
+        m = CfgMatcher.__new__(CfgMatcher)
+        m._g = self._g
+        m._hyps = self._hyps
+        m._hist = self._hist
+        m._terminated = self._terminated
+        return m
+
+
+def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgCompiledGrammar:
+    """Lower ``grammar`` (recursive rules) to a CFG, build its lexer, and wrap both."""
+    from grammars.cfg import rules_to_cfg
+    from grammars.lexer import build_lexer
+
+    t0 = time.perf_counter()
+    cfg = rules_to_cfg(grammar.rules, max_states=max_states)
+    lexer = build_lexer(cfg.terminals, max_states=max_states)
+    start_column(cfg)
+    return CfgCompiledGrammar(grammar, vocab, cfg, lexer,
+                              compile_seconds=time.perf_counter() - t0)
