@@ -103,7 +103,7 @@ class _Lowering:
         dfa = build_dfa(Rules({**self.clean, name: node}, name), max_states=self.max_states)
         if not dfa.accepting[0]:
             return [self._terminal(dfa)]
-        if dfa.n_states == 1 or not (dfa.trans[0] >= 0).any():
+        if not (dfa.trans >= 0).any():
             return []  # only the empty string
         t = self._terminal(_without_empty(dfa))
         h = self.helper("optional")

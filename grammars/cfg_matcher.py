@@ -13,16 +13,16 @@ Viability: terminals are trimmed DFAs and the grammar is trimmed (every nontermi
 string and is reachable), so every prefix the matcher keeps alive extends to a complete string:
 the masks never lead into a dead end.
 
-**Masks.** For a hypothesis ``(column, q)`` with ``A`` the terminals the column expects, the token
-trie is walked through the lexer restricted to ``A`` (numba, :func:`grammars.tokenwalk.
-walk_lexemes`): every token read without leaving one lexeme is allowed, and the trie nodes where a
-lexeme of ``A`` may end (and the token goes on) are collected. The result of that walk depends
-only on ``(q, A)``, not on the parse, and is cached: most steps reuse it (the idea of XGrammar's
-adaptive token mask cache, "context-independent tokens"). Only the tokens that cross a lexeme
-boundary consult the parser: for each terminal ``t`` ending at a collected node, the subtrees
-below those nodes are walked again from the lexer start under ``column.scan(t)``, recursively
-(a token may span several lexemes). The second level is cached by ``(q, A, t, A')`` when it
-crosses no further boundary.
+**Masks.** Terminals die and never revive along a lexeme, so a token that stays inside one
+lexeme is allowed exactly when some terminal ``t`` the column expects is still alive after it:
+the row is the OR over ``t`` of a *piece* that depends only on the lexer state and ``t``, never on
+the parse. A piece is one numba walk of the token trie through the lexer restricted to ``t``
+(:func:`grammars.tokenwalk.walk_lexemes`), cached: it also lists the trie nodes where a lexeme of
+``t`` may end while the token goes on. Only those tokens consult the parser: under
+``column.scan(t)`` the same decomposition continues below those nodes from the lexer start, with
+pieces keyed by the terminal path (a token may span several lexemes). So after warm-up a mask is
+a few cached row ORs plus memoized Earley steps (the idea of XGrammar's context-independent token
+cache, here per terminal).
 
 ``check_token`` runs the token's bytes through the state (no mask).
 """
@@ -65,9 +65,10 @@ class CfgCompiledGrammar:
     cfg: Cfg
     lexer: Lexer
     compile_seconds: float = 0.0
-    _inside: dict[tuple[int, int], tuple[np.ndarray, dict[int, np.ndarray]]] = field(
+    _pieces: dict[tuple[tuple, int], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False)
-    _second: dict[tuple[int, int, int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _levels: dict[tuple[tuple, int], tuple[np.ndarray, list[int]]] = field(
+        default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.words = (self.vocab.size + 31) // 32
@@ -130,76 +131,56 @@ class CfgCompiledGrammar:
             self._bstates = np.empty(2 * len(self._bstates), dtype=np.int32)
             # walk again: the bits already set are allowed tokens, so the row stays right
 
-    def _group(self, r: Restricted, nodes: np.ndarray, states: np.ndarray,
-               root_states: list[tuple[int, int]]) -> dict[int, np.ndarray]:
-        """terminal -> trie nodes where a lexeme of it (allowed by ``r``) ends."""
-        acc = self.lexer.accepts
-        groups: dict[int, list[int]] = {}
-        for node, q in root_states:
-            for t in _bits(acc[q] & r.allowed):
-                groups.setdefault(t, []).append(node)
-        by_state: dict[int, list[int]] = {}
-        for n, q in zip(nodes.tolist(), states.tolist(), strict=True):
-            by_state.setdefault(q, []).append(n)
-        for q, ns in by_state.items():
-            for t in _bits(acc[q] & r.allowed):
-                groups.setdefault(t, []).extend(ns)
-        return {t: np.asarray(ns, dtype=np.int64) for t, ns in groups.items()}
-
-    def inside(self, q: int, allowed: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Cached per ``(q, allowed)``: the tokens readable from lexer state ``q`` within one
-        lexeme of the allowed terminals, and per terminal the trie nodes where one may end."""
-        key = (q, allowed)
-        hit = self._inside.get(key)
-        if hit is None:
-            r = self.lexer.restricted(allowed)
-            row = np.zeros(self.words, dtype=np.uint32)
-            nodes, states = self._walk(r, np.zeros(1, dtype=np.int64),
-                                       np.array([q], dtype=np.int32), row)
-            hit = self._inside[key] = (row, self._group(r, nodes, states, [(0, q)]))
+    def piece(self, key: tuple, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cached per ``(key, t)``: the tokens that, from ``key``'s trie nodes and lexer state,
+        stay inside one lexeme of terminal ``t``, and the trie nodes where a lexeme of ``t``
+        ends with the token going on. ``key`` is ``(q,)`` for the trie root at lexer state ``q``,
+        or ``(parent key, t')`` for the nodes where the parent's ``t'`` lexemes end (lexer start)."""
+        hit = self._pieces.get((key, t))
+        if hit is not None:
+            return hit
+        r = self.lexer.restricted(1 << t)
+        row = np.zeros(self.words, dtype=np.uint32)
+        if len(key) == 1:
+            q = key[0]
+            nodes, _ = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
+                                  row)
+            if (self.lexer.accepts[q] >> t) & 1:  # a lexeme may end before the token starts
+                nodes = np.concatenate([np.zeros(1, dtype=np.int64), nodes])
+        else:
+            roots = self.piece(key[0], key[1])[1]
+            nodes, _ = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
+        hit = self._pieces[(key, t)] = (row, nodes)
         return hit
 
-    def _below(self, col: Column, roots: np.ndarray, row: np.ndarray, depth: int) -> None:
-        """OR into ``row`` the tokens that continue below trie nodes ``roots`` from a lexeme
-        start under ``col`` (recursively across further boundaries)."""
-        r = self.lexer.restricted(col.expected)
-        if not r.allowed:
-            return
-        nodes, states = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
-        if len(nodes) == 0:
-            return
-        for t, ns in self._group(r, nodes, states, []).items():
+    def level(self, key: tuple, allowed: int) -> tuple[np.ndarray, list[int]]:
+        """Cached per ``(key, allowed)``: the OR of the pieces of the allowed terminals, and the
+        allowed terminals whose lexemes may end inside a token (where the parser is needed)."""
+        hit = self._levels.get((key, allowed))
+        if hit is None:
+            row = np.zeros(self.words, dtype=np.uint32)
+            crossing = []
+            for t in _bits(allowed):
+                r, ends = self.piece(key, t)
+                row |= r
+                if len(ends):
+                    crossing.append(t)
+            hit = self._levels[(key, allowed)] = (row, crossing)
+        return hit
+
+    def _fill_from(self, col: Column, key: tuple, out: np.ndarray) -> None:
+        row, crossing = self.level(key, col.expected)
+        out |= row
+        for t in crossing:
             nxt = col.scan(t)
             if nxt is not None:
-                self._below(nxt, ns, row, depth + 1)
+                self._fill_from(nxt, (key, t), out)
 
     def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray) -> None:
         """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``."""
         out[:] = 0
         for col, q in hyps:
-            base, ends = self.inside(q, col.expected)
-            out |= base
-            for t, nodes in ends.items():
-                nxt = col.scan(t)
-                if nxt is None:
-                    continue
-                key = (q, col.expected, t, nxt.expected)
-                cached = self._second.get(key)
-                if cached is not None:
-                    out |= cached
-                    continue
-                row = np.zeros(self.words, dtype=np.uint32)
-                r2 = self.lexer.restricted(nxt.expected)
-                if r2.allowed:
-                    n2, s2 = self._walk(r2, nodes, np.zeros(len(nodes), dtype=np.int32), row)
-                    if len(n2) == 0:
-                        self._second[key] = row
-                    else:
-                        for t2, ns in self._group(r2, n2, s2, []).items():
-                            nxt2 = nxt.scan(t2)
-                            if nxt2 is not None:
-                                self._below(nxt2, ns, row, 2)
-                out |= row
+            self._fill_from(col, (q,), out)
         if self.accepting(hyps):
             out |= self._eos_words
 
@@ -314,5 +295,8 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     cfg = rules_to_cfg(grammar.rules, max_states=max_states)
     lexer = build_lexer(cfg.terminals, max_states=max_states)
     start_column(cfg)
-    return CfgCompiledGrammar(grammar, vocab, cfg, lexer,
-                              compile_seconds=time.perf_counter() - t0)
+    out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
+    if cfg.terminals:  # load the numba walk now (once per process), not at the first mask
+        out.piece((0,), 0)
+    out.compile_seconds = time.perf_counter() - t0
+    return out

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from grammars.errors import EmptyLanguageError, InvalidGrammarError
 from grammars.ir import Node, Rules, alt, fingerprint, lit
 
-__all__ = ["Grammar"]
+__all__ = ["Grammar", "builtin_names", "builtin_text"]
 
 
 class Grammar:
@@ -80,7 +80,43 @@ class Grammar:
 
     @classmethod
     def from_lark(cls, text: str, start: str = "start") -> Grammar:
-        """A Lark grammar (regular subset for now: rules must not recurse)."""
+        """A Lark grammar (see :mod:`grammars.lark_grammar`): rules, terminals, string and regex
+        literals, ``?rule`` inlining, ``%import common.*``, ``%ignore``, ``* + ? ~n..m``. Recursive
+        rules compile to the context-free path."""
         from grammars.lark_grammar import lark_to_grammar
 
         return lark_to_grammar(text, start=start)
+
+    @classmethod
+    def from_gbnf(cls, text: str) -> Grammar:
+        """A llama.cpp GBNF grammar (start rule ``root``); see :mod:`grammars.gbnf`."""
+        from grammars.gbnf import gbnf_to_grammar
+
+        return gbnf_to_grammar(text)
+
+    @classmethod
+    def builtin(cls, name: str) -> Grammar:
+        """One of the grammars shipped in ``grammars/builtin/``: ``"json"``, ``"arithmetic"``,
+        ``"sql"`` (a SQLite SELECT subset), ``"python_expr"``; :func:`builtin_names` lists them."""
+        text = builtin_text(name)
+        g = cls.from_lark(text)
+        g.source = f"builtin:{name}"
+        return g
+
+
+def builtin_names() -> list[str]:
+    """The names of the built-in Lark grammars."""
+    from importlib import resources
+
+    files = resources.files("grammars").joinpath("builtin").iterdir()
+    return sorted(f.name.removesuffix(".lark") for f in files if f.name.endswith(".lark"))
+
+
+def builtin_text(name: str) -> str:
+    """The Lark text of built-in grammar ``name``."""
+    from importlib import resources
+
+    names = builtin_names()
+    if name not in names:
+        raise InvalidGrammarError(f"no built-in grammar {name!r}; there are {names}")
+    return resources.files("grammars").joinpath("builtin", f"{name}.lark").read_text("utf-8")

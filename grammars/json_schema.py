@@ -75,6 +75,15 @@ STANDARD_FORMATS = frozenset(
 _ANNOTATIONS = frozenset(
     ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
 )
+_INTERNAL = frozenset(["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs"])
+
+
+def _pure_ref(b: Any, draft: int) -> bool:
+    """A branch that is only a ``$ref`` (plus annotations)."""
+    return isinstance(b, dict) and isinstance(b.get("$ref"), str) and (
+        draft <= 7 or all(k in _ANNOTATIONS for k in b if k != "$ref"))
+
+
 _HANDLED = frozenset(
     ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs"]
 )
@@ -418,7 +427,13 @@ class _Compiler:
             if len(combos) > 256:
                 raise UnsupportedSchemaError("anyOf", _pointer_join(ptr, "anyOf"), "more than 256 branch combinations")
             out = []
+            plain = not rest["__patterns"] and not rest["__formats"] and all(
+                k in _ANNOTATIONS or k in _INTERNAL for k in rest)
             for combo in combos:
+                if plain and len(combo) == 1 and _pure_ref(combo[0], self.draft):
+                    # nothing to merge: keep the reference (it may recurse: context-free path)
+                    out.append(self.ref_node(combo[0]["$ref"], ptr))
+                    continue
                 m: Any = rest
                 for b in combo:
                     bb = self._flatten(b, ptr) if isinstance(b, dict) else b

@@ -8,9 +8,9 @@ terminal may be preceded by ``%ignore``d input (and the start rule followed by i
 may appear between any two terminals.
 
 The language is the scannerless one (a terminal matches any string of its own language), which is
-what lark's Earley parser with its dynamic lexer accepts. Rules that recurse anywhere but in tail
-position need the context-free path; on the regular path they raise ``InvalidGrammarError``
-naming the rule at compile time.
+what lark's Earley parser accepts with ``lexer="dynamic_complete"``. Grammars whose rules recurse
+compile to the context-free path (:mod:`grammars.cfg`), the others to one DFA. A terminal that
+matches the empty string is an ``InvalidGrammarError`` (naming it), as in lark.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _string_literal(tok: str) -> tuple[str, str]:
 class _Lowering:
     def __init__(self, ignore: list[str]) -> None:
         self.ignore = ignore
+        self.literals: list[tuple[Node, Any]] = []  # anonymous terminals inside rules
         self.ign: Node = lit(b"")
         if ignore:
             self.ign = star(alt(*(Ref("t:" + n) for n in ignore)))
@@ -91,6 +92,8 @@ class _Lowering:
         if d == "literal":
             tok = kids[0]
             node = self.literal(tok)
+            if not in_terminal:
+                self.literals.append((node, tok))
             return node if in_terminal else self.terminal_ref(node)
         if d == "range":
             a, _ = _string_literal(str(kids[0]))
@@ -161,10 +164,28 @@ def lark_to_grammar(text: str, *, start: str = "start") -> Grammar:
         for ref in _refs(node):
             if ref not in rules:
                 raise InvalidGrammarError("undefined rule or terminal", rule=ref.split(":", 1)[1])
+    _check_terminals_nonempty(rules, low.literals)
     rules["start"] = seq(Ref("r:" + start), low.ign)
     if not _nonempty(rules, "start"):
         raise EmptyLanguageError(f"start rule {start!r} derives no string")
     return Grammar(Rules(rules, "start"), kind="lark", source=text)
+
+
+def _check_terminals_nonempty(rules: dict[str, Node], literals: list[tuple[Node, Any]]) -> None:
+    """A terminal (named, or a literal inside a rule) that matches the empty string is an error,
+    as in lark: a lexeme must consume input."""
+    from grammars.automaton import build_dfa
+
+    terms = {k: v for k, v in rules.items() if k.startswith("t:")}
+    for name in terms:
+        if build_dfa(Rules(terms, name)).accepting[0]:
+            raise InvalidGrammarError("terminal matches the empty string",
+                                      rule=name.split(":", 1)[1])
+    for node, tok in literals:
+        if build_dfa(Rules({**terms, "__literal__": node}, "__literal__")).accepting[0]:
+            raise InvalidGrammarError(f"terminal {str(tok)!r} matches the empty string",
+                                      line=getattr(tok, "line", None),
+                                      column=getattr(tok, "column", None))
 
 
 def _refs(node: Node) -> list[str]:

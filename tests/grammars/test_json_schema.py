@@ -124,13 +124,6 @@ def test_unsupported_keywords_name_keyword_and_pointer(schema, keyword, pointer)
     assert keyword in str(e.value)
 
 
-def test_recursive_schema_is_a_typed_error_for_now(byte_vocab):
-    tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
-    with pytest.raises(UnsupportedSchemaError) as e:
-        grammars.compile(Grammar.from_json_schema(tree), byte_vocab)
-    assert e.value.keyword == "$ref"
-
-
 @pytest.mark.parametrize(
     "schema",
     [{"type": "strin"}, {"minLength": -1}, {"properties": []}, {"required": "a"}, "{not json"],

@@ -35,10 +35,12 @@ def test_agrees_with_lark_earley(text, byte_vocab):
     assert mine == theirs
 
 
-def test_center_recursion_needs_cfg_path(byte_vocab):
-    with pytest.raises(InvalidGrammarError) as e:
-        grammars.compile(Grammar.from_lark('start: "(" start ")" | "x"'), byte_vocab)
-    assert e.value.rule == "start"
+def test_center_recursion_takes_the_cfg_path(byte_vocab):
+    c = grammars.compile(Grammar.from_lark('start: "(" start ")" | "x"'), byte_vocab)
+    assert type(c).__name__ == "CfgCompiledGrammar"
+    for text, ok in ((b"((x))", True), (b"((x)", False), (b"x", True), (b"()", False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text) and m.is_accepting()) == ok
 
 
 def test_right_recursion_is_regular(byte_vocab):
