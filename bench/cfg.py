@@ -44,8 +44,8 @@ SQL = [
     "SELECT * FROM users;",
     "SELECT name, email FROM users WHERE age > 30 ORDER BY name;",
     "SELECT COUNT(*) FROM orders WHERE status = 'shipped'",
-    "SELECT c.name, SUM(o.total) AS revenue FROM customers c JOIN orders o ON c.id = o.customer_id "
-    "GROUP BY c.name HAVING SUM(o.total) > 1000 ORDER BY revenue DESC LIMIT 10;",
+    ("SELECT c.name, SUM(o.total) AS revenue FROM customers c JOIN orders o ON c.id = o.customer_id "
+    "GROUP BY c.name HAVING SUM(o.total) > 1000 ORDER BY revenue DESC LIMIT 10;"),
     "SELECT DISTINCT city FROM addresses WHERE country IN ('FR', 'DE', 'IT')",
     "SELECT id FROM products WHERE id NOT IN (SELECT product_id FROM order_items);",
     "SELECT title, year FROM movies WHERE rating BETWEEN 7.5 AND 9 ORDER BY year DESC, title",
@@ -54,8 +54,8 @@ SQL = [
     "SELECT name FROM students WHERE name LIKE 'A%' AND grade IS NOT NULL",
     "SELECT MAX(price) AS top_price FROM products",
     "SELECT a.id, b.value FROM a INNER JOIN b USING (id) WHERE b.value <> 0 LIMIT 5 OFFSET 10;",
-    "SELECT name, CASE WHEN score >= 90 THEN 'A' WHEN score >= 80 THEN 'B' ELSE 'C' END AS grade "
-    "FROM results",
+    ("SELECT name, CASE WHEN score >= 90 THEN 'A' WHEN score >= 80 THEN 'B' ELSE 'C' END AS grade "
+    "FROM results"),
     "SELECT u.id FROM users u WHERE EXISTS (SELECT 1 FROM logins l WHERE l.user_id = u.id)",
     "SELECT city FROM shops UNION SELECT city FROM warehouses ORDER BY city;",
     "SELECT year, COUNT(DISTINCT author) FROM books WHERE year >= 2000 GROUP BY year",
@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     lines = [
         "# Context-free grammars: ours against llguidance and xgrammar (bench/cfg.py)", "",
-        f"Command: `{meta['command']}`. SmolLM2 tokenizer; one process, one run (load average "
+        (f"Command: `{meta['command']}`. SmolLM2 tokenizer; one process, one run (load average "
         f"{meta['load_average']}). Mask times pool every step of the walk (fresh compile; caches "
-        "warm up during it), and of a second walk with the same compiled grammar (warm).", "",
-        "| grammar | engine | compile ms (median) | mask mean us | median | p99 | max | "
-        "warm mean | warm p99 |",
+        "warm up during it), and of a second walk with the same compiled grammar (warm)."), "",
+        ("| grammar | engine | compile ms (median) | mask mean us | median | p99 | max | "
+        "warm mean | warm p99 |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for grammar in corpora:
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {grammar} | {e.name} | {r['compile_ms_median']:.1f} | {w['mean_us']:.0f} | "
                 f"{w['median_us']:.0f} | {w['p99_us']:.0f} | {w['max_us']:.0f} | "
                 f"{ww['mean_us']:.0f} | {ww['p99_us']:.0f} |")
-    lines += ["", "Targets (issue 3): mask mean at most llguidance's, p99 at most 2x llguidance's, "
-              "compile at most xgrammar's.", ""]
+    lines += ["", ("Targets (issue 3): mask mean at most llguidance's, p99 at most 2x llguidance's, "
+              "compile at most xgrammar's."), ""]
     for grammar in corpora:
         r = results[grammar]
         if "ours" in r and "llguidance" in r:

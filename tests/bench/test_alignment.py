@@ -15,7 +15,7 @@ for extra in (ROOT, ROOT / "tests" / "samplers"):
     if str(extra) not in sys.path:
         sys.path.append(str(extra))
 
-from bench.alignment import MemoLM, _run_sampler, kl_curve  # noqa: E402
+from bench.alignment import MemoLM, _run_sampler, kl_curve
 
 A, B = (0,), (1,)
 
