@@ -37,6 +37,7 @@ import numpy as np
 
 from grammars.cfg import Cfg
 from grammars.earley import Column, start_column
+from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
 from grammars.lexer import Lexer, Restricted
 from grammars.tokenwalk import walk_lexemes
@@ -45,6 +46,9 @@ from grammars.vocab import Vocabulary
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
 
 Hyp = tuple[Column, int]
+
+#: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
+MAX_HYPOTHESES = 4096
 
 
 def _bits(x: int) -> list[int]:
@@ -112,6 +116,11 @@ class CfgCompiledGrammar:
             if q2 >= 0 and alive[q2] & col.expected and (id(col), q2) not in seen:
                 seen.add((id(col), q2))
                 out.append((col, q2))
+        if len(out) > MAX_HYPOTHESES:
+            raise GrammarTooLargeError(
+                f"the input splits into terminals in more than {MAX_HYPOTHESES} live ways: the "
+                "grammar is too ambiguous at the lexeme level (e.g. adjacent terminals that can "
+                "glue together); separate them, e.g. with required whitespace")
         return tuple(out)
 
     def accepting(self, hyps: tuple[Hyp, ...]) -> bool:

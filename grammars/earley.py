@@ -7,17 +7,24 @@ never missed. Handles every context-free grammar: left and right recursion, ambi
 rules.
 
 Persistence: a :class:`Column` is the Earley set after some sequence of terminals; it is never
-modified once built (only its memo of successors grows), and items point at the columns they
-started in. A parser state is therefore one pointer: forking costs O(1), and going back is
+modified once built (only its weak memo of successors changes), and items point at the columns
+they started in. A parser state is therefore one pointer: forking costs O(1), and going back is
 keeping an older pointer. :meth:`Column.scan` memoizes the successor column per terminal, so
-states reached twice (forks, rollbacks, mask computations) share the work.
+states reached twice (forks, rollbacks, mask computations) share the work, and interns columns by
+content (weakly), so different splits of the input that reach the same parse state share one.
 """
 
 from __future__ import annotations
 
+import collections
+import weakref
+
 from grammars.cfg import Cfg
 
-__all__ = ["Column", "start_column"]
+__all__ = ["RECENT_COLUMNS", "Column", "start_column"]
+
+#: How many recently built columns a grammar keeps alive (beyond those its matchers hold).
+RECENT_COLUMNS = 50_000
 
 
 class Column:
@@ -28,7 +35,8 @@ class Column:
     - ``waiting[symbol]``: the items ``(production, dot, origin column)`` whose next symbol it is.
     """
 
-    __slots__ = ("_scans", "accepting", "expected", "g", "index", "waiting")
+    __slots__ = ("__weakref__", "_none", "_scans", "accepting", "expected", "g", "index",
+                 "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
         self.g = g
@@ -36,7 +44,8 @@ class Column:
         self.waiting: dict[int, list[tuple[int, int, Column]]] = {}
         self.expected = 0
         self.accepting = False
-        self._scans: dict[int, Column | None] = {}
+        self._scans: weakref.WeakValueDictionary[int, Column] | None = None
+        self._none = 0  # bitset: terminals with no successor
 
     def __repr__(self) -> str:
         return f"Column(index={self.index}, expected={bin(self.expected)}, accepting={self.accepting})"
@@ -92,17 +101,44 @@ class Column:
 
     def scan(self, terminal: int) -> Column | None:
         """The column after ``terminal`` (memoized), or None when no item expects it."""
-        try:
-            return self._scans[terminal]
-        except KeyError:
-            pass
-        out: Column | None = None
+        if (self._none >> terminal) & 1:
+            return None
+        scans = self._scans
+        if scans is None:
+            scans = self._scans = weakref.WeakValueDictionary()
+        else:
+            hit = scans.get(terminal)
+            if hit is not None:
+                return hit
         items = self.waiting.get(terminal)
-        if items:
-            out = Column(self.g, self.index + 1)
-            out._close([(p, d + 1, o) for p, d, o in items], _root(self))
-        self._scans[terminal] = out
+        if not items:
+            self._none |= 1 << terminal
+            return None
+        out = Column(self.g, self.index + 1)
+        out._close([(p, d + 1, o) for p, d, o in items], _root(self))
+        out = _intern(out)
+        scans[terminal] = out
+        self.g._earley_recent.append(out)  # type: ignore[attr-defined]
         return out
+
+    def _key(self) -> tuple[bool, frozenset[tuple[int, int, int]]]:
+        """What the column's future depends on: its waiting items (an item predicted here has
+        origin -1) and whether it accepts. Columns with equal keys behave identically."""
+        return self.accepting, frozenset(
+            (p, d, -1 if o is self else id(o)) for lst in self.waiting.values() for p, d, o in lst)
+
+
+def _intern(col: Column) -> Column:
+    """An existing column equivalent to ``col`` (equal :meth:`Column._key`), or ``col`` itself.
+    Different splits of the input into terminals that reach the same parse state then share one
+    column, so the matcher's hypotheses stay few (``(column, lexer state)`` pairs dedupe)."""
+    table = col.g._earley_intern  # type: ignore[attr-defined]
+    key = col._key()
+    hit = table.get(key)
+    if hit is not None:
+        return hit
+    table[key] = col
+    return col
 
 
 def _root(col: Column) -> Column:
@@ -115,5 +151,9 @@ def start_column(g: Cfg) -> Column:
     if root is None:
         root = Column(g, 0)
         g._earley_root = root  # type: ignore[attr-defined]
+        g._earley_intern = weakref.WeakValueDictionary()  # type: ignore[attr-defined]
+        # successors are memoized weakly (a long-lived grammar does not keep every parse it ever
+        # saw); the most recent columns are kept alive here so repeated steps stay cheap
+        g._earley_recent = collections.deque(maxlen=RECENT_COLUMNS)  # type: ignore[attr-defined]
         root._close([(q, 0, root) for q in g.by_lhs[g.start]], root)
     return root
