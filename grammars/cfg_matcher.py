@@ -40,7 +40,7 @@ from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
 from grammars.lexer import Lexer, Restricted
-from grammars.tokenwalk import walk_lexemes
+from grammars.tokenwalk import child_bytes, walk_lexemes
 from grammars.vocab import Vocabulary
 
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
@@ -73,6 +73,8 @@ class CfgCompiledGrammar:
         default_factory=dict, repr=False)
     _levels: dict[tuple[tuple, int], tuple[np.ndarray, list[int]]] = field(
         default_factory=dict, repr=False)
+    _child_bytes: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    _firsts: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.words = (self.vocab.size + 31) // 32
@@ -150,6 +152,10 @@ class CfgCompiledGrammar:
             return hit
         r = self.lexer.restricted(1 << t)
         row = np.zeros(self.words, dtype=np.uint32)
+        if len(key) == 2 and not (self._children(key) & self._first_bytes(t)).any():
+            # no token goes on below these nodes with a byte that can start t: nothing to walk
+            hit = self._pieces[(key, t)] = (row, np.zeros(0, dtype=np.int64))
+            return hit
         if len(key) == 1:
             q = key[0]
             nodes, _ = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
@@ -175,6 +181,22 @@ class CfgCompiledGrammar:
                 if len(ends):
                     crossing.append(t)
             hit = self._levels[(key, allowed)] = (row, crossing)
+        return hit
+
+    def _children(self, key: tuple) -> np.ndarray:
+        """The bytes on the trie edges below the nodes of a level-2+ ``key`` (cached)."""
+        hit = self._child_bytes.get(key)
+        if hit is None:
+            trie = self.vocab.trie
+            hit = np.zeros(256, dtype=np.bool_)
+            child_bytes(self.piece(key[0], key[1])[1], trie.byte, trie.depth, trie.end, hit)
+            self._child_bytes[key] = hit
+        return hit
+
+    def _first_bytes(self, t: int) -> np.ndarray:
+        hit = self._firsts.get(t)
+        if hit is None:
+            hit = self._firsts[t] = self.lexer.restricted(1 << t).trans[0] >= 0
         return hit
 
     def _fill_from(self, col: Column, key: tuple, out: np.ndarray) -> None:

@@ -44,7 +44,7 @@ class Column:
         self.waiting: dict[int, list[tuple[int, int, Column]]] = {}
         self.expected = 0
         self.accepting = False
-        self._scans: weakref.WeakValueDictionary[int, Column] | None = None
+        self._scans: dict[int, weakref.ref[Column]] = {}
         self._none = 0  # bitset: terminals with no successor
 
     def __repr__(self) -> str:
@@ -103,11 +103,9 @@ class Column:
         """The column after ``terminal`` (memoized), or None when no item expects it."""
         if (self._none >> terminal) & 1:
             return None
-        scans = self._scans
-        if scans is None:
-            scans = self._scans = weakref.WeakValueDictionary()
-        else:
-            hit = scans.get(terminal)
+        ref = self._scans.get(terminal)
+        if ref is not None:
+            hit = ref()
             if hit is not None:
                 return hit
         items = self.waiting.get(terminal)
@@ -117,7 +115,7 @@ class Column:
         out = Column(self.g, self.index + 1)
         out._close([(p, d + 1, o) for p, d, o in items], _root(self))
         out = _intern(out)
-        scans[terminal] = out
+        self._scans[terminal] = weakref.ref(out)
         self.g._earley_recent.append(out)  # type: ignore[attr-defined]
         return out
 

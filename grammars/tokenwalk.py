@@ -21,7 +21,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["fill_rows", "token_table", "walk_bytes", "walk_lexemes", "walk_token"]
+__all__ = ["child_bytes", "fill_rows", "token_table", "walk_bytes", "walk_lexemes", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -129,3 +129,18 @@ def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, 
                 nb += 1
             n += 1
     return nb
+
+
+@njit(cache=True, nogil=True)
+def child_bytes(roots, tb, tdepth, tend, out):
+    """Set ``out[b]`` for every byte ``b`` on an edge from a node of ``roots`` to a child."""
+    total = tb.shape[0]
+    for r in range(roots.shape[0]):
+        root = roots[r]
+        n = root + 1
+        stop = total if root == 0 else tend[root]
+        d = tdepth[root] + 1
+        while n < stop:
+            if tdepth[n] == d:
+                out[tb[n]] = True
+            n = tend[n] if tend[n] > n else n + 1
