@@ -1,4 +1,4 @@
-"""JSON Schema -> grammar (the regular path), exact for the keywords it accepts.
+"""JSON Schema -> grammar, exact for the keywords it accepts.
 
 Stages: read the schema (dict, bool, JSON text or pydantic model) -> check it against its
 metaschema (``InvalidSchemaError``) -> make every ``$ref`` absolute and register the document (and
@@ -12,8 +12,14 @@ adds invalid ones):
 - Strings: the text is a JSON string whose characters are raw UTF-8 except ``"``, ``\\`` and control
   characters, which use ``json.dumps``' escapes (``\\"``, ``\\\\``, ``\\n``... or ``\\u00XX``); ``\\/`` is
   also accepted. ``\\uXXXX`` escapes of other characters are not.
-- Numbers with bounds are written without exponents (see :mod:`grammars.numeric`); integers may
-  have a zero fraction (``1.0``), as JSON Schema's integer type allows.
+- Numbers with bounds or ``multipleOf`` are written without exponents (see
+  :mod:`grammars.numeric`); integers may have a zero fraction (``1.0``), as JSON Schema's integer
+  type allows. ``multipleOf`` (integer or decimal, several of them through ``allOf``) is exact
+  in decimal arithmetic (``numeric.multiple_of_dfa``, intersected with the number automaton);
+  a divisor whose automaton would exceed ``numeric.MAX_MULTIPLE_STATES`` states (e.g.
+  ``0.123456789``) is an ``UnsupportedSchemaError``. python-jsonschema divides floats, so for
+  some float divisors its verdict differs from the exact one (e.g. 0.3 by 0.1).
+- Recursive ``$ref`` s are kept as rules: the grammar then compiles to the context-free path.
 - Values of unconstrained schemas (``true``, ``{}``, additional properties) nest at most
   ``max_any_depth`` arrays/objects deep on this path.
 - ``property_order="schema"``: properties appear in the schema's order, any additional properties
@@ -75,7 +81,8 @@ STANDARD_FORMATS = frozenset(
 _ANNOTATIONS = frozenset(
     ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
 )
-_INTERNAL = frozenset(["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs"])
+_INTERNAL = frozenset(
+    ["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"])
 
 
 def _pure_ref(b: Any, draft: int) -> bool:
@@ -85,10 +92,10 @@ def _pure_ref(b: Any, draft: int) -> bool:
 
 
 _HANDLED = frozenset(
-    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs"]
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
 )
 _UNSUPPORTED = frozenset(
-    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "multipleOf", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
+    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
 )
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
@@ -308,7 +315,8 @@ class _Compiler:
                 out[k] = b[k]
                 continue
             x, y = a[k], b[k]
-            if k == "__sources" or k in ("__patterns", "__formats", "__anyOfs", "__oneOfs"):
+            if k == "__sources" or k in ("__patterns", "__formats", "__anyOfs", "__oneOfs",
+                                         "__multiples"):
                 out[k] = x + y
             elif k == "type":
                 tx, ty = _types_of({"type": x}), _types_of({"type": y})
@@ -379,12 +387,14 @@ class _Compiler:
         """Move mergeable list-valued keywords into their internal accumulators."""
         if not isinstance(s, dict) or "__sources" in s:
             return s
-        out = {k: v for k, v in s.items() if k not in ("pattern", "format", "anyOf", "oneOf")}
+        out = {k: v for k, v in s.items()
+               if k not in ("pattern", "format", "anyOf", "oneOf", "multipleOf")}
         out["__sources"] = [s]
         out["__patterns"] = [s["pattern"]] if "pattern" in s else []
         out["__formats"] = [s["format"]] if "format" in s else []
         out["__anyOfs"] = [s["anyOf"]] if "anyOf" in s else []
         out["__oneOfs"] = [s["oneOf"]] if "oneOf" in s else []
+        out["__multiples"] = [s["multipleOf"]] if "multipleOf" in s else []
         return out
 
     # ---- lowering -----------------------------------------------------------------------------
@@ -427,7 +437,7 @@ class _Compiler:
             if len(combos) > 256:
                 raise UnsupportedSchemaError("anyOf", _pointer_join(ptr, "anyOf"), "more than 256 branch combinations")
             out = []
-            plain = not rest["__patterns"] and not rest["__formats"] and all(
+            plain = not (rest["__patterns"] or rest["__formats"] or rest["__multiples"]) and all(
                 k in _ANNOTATIONS or k in _INTERNAL for k in rest)
             for combo in combos:
                 if plain and len(combo) == 1 and _pure_ref(combo[0], self.draft):
@@ -591,9 +601,28 @@ class _Compiler:
             if val is not None:
                 kw[name] = Decimal(repr(val)) if isinstance(val, float) else val
         try:
-            return regex_to_node(number_regex(integer=integer, **kw))
+            node = regex_to_node(number_regex(integer=integer, **kw))
         except EmptyLanguageError:
             return NOTHING
+        multiples = s.get("__multiples", [])
+        if not multiples:
+            return node
+        from grammars.automaton import Dfa, dfa_of, product
+        from grammars.numeric import multiple_of_dfa
+
+        dfa = dfa_of(node)
+        for m in multiples:
+            try:
+                trans, accepting = multiple_of_dfa(
+                    Decimal(repr(m)) if isinstance(m, float) else m)
+            except OverflowError as e:
+                raise UnsupportedSchemaError("multipleOf", _pointer_join(ptr, "multipleOf"),
+                                             str(e)) from None
+            try:
+                dfa = product(dfa, Dfa(trans=trans, accepting=accepting))
+            except EmptyLanguageError:
+                return NOTHING
+        return Automaton(dfa.trans, dfa.accepting)
 
     def string_node(self, s: dict, ptr: str) -> Node:
         from grammars.automaton import dfa_of, product

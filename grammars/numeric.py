@@ -18,10 +18,14 @@ Leading zeros (``01``, ``00.5``), a bare ``.5``, a trailing ``5.`` or a ``+`` si
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from grammars.errors import EmptyLanguageError
 
-__all__ = ["integer_range_regex", "number_regex"]
+__all__ = ["MAX_MULTIPLE_STATES", "integer_range_regex", "multiple_of_dfa", "number_regex"]
+
+#: ``multiple_of_dfa`` refuses divisors whose automaton would need more states than this.
+MAX_MULTIPLE_STATES = 20_000
 
 Number = int | float | Decimal
 
@@ -482,3 +486,63 @@ def number_regex(
     if out is None:
         raise empty()
     return out
+
+
+def multiple_of_dfa(m: Number) -> tuple[Any, Any]:
+    """A byte DFA ``(trans, accepting)`` over texts ``-?[0-9]+(\\.[0-9]*)?`` whose exact value is
+    an integer multiple of ``m`` (> 0). It does not check JSON's syntax and has no exponents:
+    intersect it with a :func:`number_regex` automaton for the syntax and the bounds.
+
+    With ``m = p / 10**s`` in lowest terms (``p``, ``s`` integers, ``s >= 0``) and the digits
+    read so far as one integer ``N`` with ``c`` of them after the point, the value ``N / 10**c``
+    is a multiple of ``m`` iff ``p`` divides ``N * 10**(s - c)``, for ``c <= s``; past ``s``
+    fraction digits only zeros keep the value on the grid ``10**-s`` (any other digit can never
+    give a multiple). States: ``N mod p`` before the point, ``(N mod p, c)`` after it, so about
+    ``p * (s + 2)`` in all. Raises ``ValueError`` for ``m <= 0``, NaN or infinity, and
+    ``OverflowError`` past :data:`MAX_MULTIPLE_STATES` states.
+    """
+    import numpy as np
+
+    d = _to_decimal("multipleOf", m)
+    assert d is not None
+    if not d > 0:
+        raise ValueError(f"multipleOf must be > 0, got {m!r}")
+    _sign, digits, exp = d.normalize().as_tuple()
+    p = int("".join(map(str, digits)))
+    s = -int(exp)
+    if s < 0:
+        p *= 10 ** (-s)
+        s = 0
+    n = 2 + p * (s + 2)
+    if n > MAX_MULTIPLE_STATES:
+        raise OverflowError(
+            f"multipleOf {m!r} needs {n} automaton states (more than {MAX_MULTIPLE_STATES})")
+
+    def integer(r: int) -> int:  # before the point
+        return 2 + r
+
+    def fraction(r: int, c: int) -> int:  # after the point, c fraction digits read (c <= s)
+        return 2 + p + c * p + r
+
+    trans = np.full((n, 256), -1, dtype=np.int32)
+    accepting = np.zeros(n, dtype=bool)
+    zero = ord("0")
+    trans[0, ord("-")] = 1
+    for first in (0, 1):
+        for dgt in range(10):
+            trans[first, zero + dgt] = integer(dgt % p)
+    for r in range(p):
+        here = integer(r)
+        accepting[here] = (r * 10**s) % p == 0
+        trans[here, ord(".")] = fraction(r, 0)
+        for dgt in range(10):
+            trans[here, zero + dgt] = integer((10 * r + dgt) % p)
+        for c in range(s + 1):
+            here = fraction(r, c)
+            accepting[here] = (r * 10 ** (s - c)) % p == 0
+            if c < s:
+                for dgt in range(10):
+                    trans[here, zero + dgt] = fraction((10 * r + dgt) % p, c + 1)
+            else:
+                trans[here, zero] = here
+    return trans, accepting

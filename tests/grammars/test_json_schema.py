@@ -110,7 +110,7 @@ def test_whitespace_modes(byte_vocab):
     [
         ({"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}, "uniqueItems", "/properties/x/uniqueItems"),
         ({"properties": {"a": {"not": {"type": "string"}}}}, "not", "/properties/a/not"),
-        ({"type": "integer", "multipleOf": 3}, "multipleOf", "/multipleOf"),
+        ({"type": "integer", "multipleOf": 0.123456789}, "multipleOf", "/multipleOf"),
         ({"patternProperties": {"^x": {}}}, "patternProperties", "/patternProperties"),
         ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf", "/oneOf"),
         ({"type": "string", "pattern": "(a)\\1"}, "pattern", "/pattern"),
@@ -236,3 +236,46 @@ def _schema_order(value, schema):
     if isinstance(value, list) and isinstance(schema, dict) and isinstance(schema.get("items"), dict):
         return [_schema_order(v, schema["items"]) for v in value]
     return value
+
+
+@pytest.mark.parametrize("m", [2, 3, 7, 12, 100, 0.5, 1.5, 0.01, 0.0001, 1e-8, 2.5])
+def test_multiple_of_is_exact_in_decimal_arithmetic(m, byte_vocab):
+    """Every plain decimal text is accepted exactly when its value is a multiple of m (Decimal
+    arithmetic); exponents are never written; integer type keeps its zero-fraction texts."""
+    import random
+    from decimal import Decimal
+
+    dm = Decimal(repr(m)) if isinstance(m, float) else Decimal(m)
+    number = grammars.compile(Grammar.from_json_schema({"type": "number", "multipleOf": m}),
+                              byte_vocab)
+    integer = grammars.compile(
+        Grammar.from_json_schema({"type": "integer", "multipleOf": m, "minimum": -500}),
+        byte_vocab)
+    rng = random.Random(1)
+
+    def accepts(c, text):
+        mm = c.matcher()
+        return mm.accept_bytes(text.encode()) and mm.is_accepting()
+
+    for _ in range(400):
+        whole = str(rng.randint(0, 10 ** rng.randint(0, 5)))
+        frac = rng.choice(["", "." + str(rng.randint(0, 10 ** rng.randint(1, 5)))])
+        text = rng.choice(["", "-"]) + whole + frac
+        v = Decimal(text)
+        assert accepts(number, text) == (v % dm == 0), text
+        assert accepts(integer, text) == (v % dm == 0 and v == v.to_integral_value()
+                                          and v >= -500), text
+    for k in range(-30, 30):
+        assert accepts(number, format(dm * k, "f"))
+    assert not accepts(number, "1e3")
+
+
+def test_multiple_of_merges_and_refuses_huge_automata(byte_vocab):
+    c = grammars.compile(Grammar.from_json_schema({"allOf": [{"multipleOf": 4}, {"multipleOf": 6}]}),
+                         byte_vocab)
+    for text, ok in (("12", True), ("24", True), ("8", False), ("18", False), ('"s"', True)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+    with pytest.raises(UnsupportedSchemaError) as e:
+        Grammar.from_json_schema({"properties": {"x": {"multipleOf": 0.123456789}}})
+    assert e.value.keyword == "multipleOf" and e.value.pointer == "/properties/x/multipleOf"
