@@ -92,10 +92,10 @@ def _pure_ref(b: Any, draft: int) -> bool:
 
 
 _HANDLED = frozenset(
-    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "propertyNames", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
 )
 _UNSUPPORTED = frozenset(
-    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
+    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
 )
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
@@ -335,6 +335,8 @@ class _Compiler:
                     out["enum"] = []
             elif k == "uniqueItems":
                 out[k] = bool(x) or bool(y)
+            elif k == "propertyNames":
+                out[k] = {"allOf": [x, y]}
             elif k == "if":
                 raise UnsupportedSchemaError("if", "", "if/then/else inside allOf")
             else:
@@ -715,6 +717,17 @@ class _Compiler:
         for r in required:
             if r not in props:
                 props[r] = add
+        names_schema = s.get("propertyNames", True)
+        key_filter = None
+        if names_schema is not True and names_schema != {}:
+            # propertyNames: a declared name that fails it can never appear; other keys are
+            # JSON strings of its (string) language
+            for name in list(props):
+                if not self._is_valid(name, [names_schema]):
+                    props[name] = False
+            key_filter = self.key_language(names_schema, _pointer_join(ptr, "propertyNames"))
+            if key_filter is None:
+                add = False
         members: list[tuple[str, Node]] = []
         for name, sub in props.items():
             if sub is False:
@@ -725,7 +738,19 @@ class _Compiler:
         add_node = None
         if add is not False:
             add_node = self.node(add, _pointer_join(ptr, "additionalProperties"), depth + 1)
-        return self.members_node(members, set(required), add_node, names=list(props))
+        return self.members_node(members, set(required), add_node, names=list(props),
+                                 key_filter=key_filter)
+
+    def key_language(self, names_schema: Any, ptr: str) -> Any:
+        """The DFA of the JSON string texts (quotes included) that validate against
+        ``names_schema`` (``propertyNames``), or None when no string does."""
+        from grammars.automaton import build_dfa
+
+        node = self.node({"allOf": [names_schema, {"type": "string"}]}, ptr)
+        try:
+            return build_dfa(Rules({**self.rules, "__keys__": node}, "__keys__"))
+        except EmptyLanguageError:
+            return None
 
     def members_node(
         self,
@@ -733,6 +758,7 @@ class _Compiler:
         required: set[str],
         add_value: Node | None,
         names: list[str] | None = None,
+        key_filter: Any = None,
     ) -> Node:
         from grammars.automaton import dfa_of, product
 
@@ -752,6 +778,11 @@ class _Compiler:
                     key = None
             else:
                 key = any_key
+            if key is not None and key_filter is not None:
+                try:
+                    key = product(key, key_filter)
+                except EmptyLanguageError:
+                    key = None
             if key is not None:
                 add_kv = seq(Automaton(key.trans, key.accepting), colon, add_value)
         req = [k in required for k, _ in members]

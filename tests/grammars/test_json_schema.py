@@ -279,3 +279,37 @@ def test_multiple_of_merges_and_refuses_huge_automata(byte_vocab):
     with pytest.raises(UnsupportedSchemaError) as e:
         Grammar.from_json_schema({"properties": {"x": {"multipleOf": 0.123456789}}})
     assert e.value.keyword == "multipleOf" and e.value.pointer == "/properties/x/multipleOf"
+
+
+@pytest.mark.parametrize(
+    ("schema", "cases"),
+    [
+        ({"propertyNames": {"maxLength": 3}},
+         [({}, True), ({"abc": 1}, True), ({"abcd": 1}, False), ({"a": 1, "bb": [2]}, True)]),
+        ({"properties": {"long_name": {}, "id": {"type": "integer"}},
+          "propertyNames": {"pattern": "^[a-z]{1,4}$"}},
+         [({"long_name": 1}, False), ({"id": 3, "ok": []}, True), ({"OK": 1}, False),
+          ({"id": "x"}, False)]),
+        ({"propertyNames": False}, [({}, True), ({"a": 1}, False)]),
+        ({"propertyNames": {"const": "foo"}}, [({"foo": 1}, True), ({"bar": 1}, False)]),
+        ({"propertyNames": {"type": "number"}}, [({}, True), ({"1": 1}, False)]),
+        ({"allOf": [{"propertyNames": {"maxLength": 2}}, {"propertyNames": {"pattern": "^x"}}]},
+         [({"xy": 1}, True), ({"xyz": 1}, False), ({"ab": 1}, False)]),
+    ],
+)
+def test_property_names_agree_with_jsonschema(schema, cases, byte_vocab):
+    import jsonschema
+
+    c = grammars.compile(Grammar.from_json_schema(schema), byte_vocab)
+    for value, ok in cases:
+        assert jsonschema.Draft202012Validator(schema).is_valid(value) == ok, value
+        m = c.matcher()
+        text = json.dumps(value, separators=(",", ":"))
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+
+
+def test_property_names_with_a_required_name_it_rejects_is_empty():
+    with pytest.raises(EmptyLanguageError):
+        grammars.compile(Grammar.from_json_schema(
+            {"type": "object", "required": ["toolong"], "propertyNames": {"maxLength": 3}}),
+            grammars.Vocabulary.byte_level())
