@@ -81,6 +81,21 @@ STANDARD_FORMATS = frozenset(
 _ANNOTATIONS = frozenset(
     ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
 )
+#: patternProperties with more patterns than this are refused on the regular path (the keys are
+#: split into one region per subset of matching patterns).
+MAX_PATTERN_PROPERTIES = 4
+
+
+def _re_search(pattern: str, text: str) -> bool:
+    """Whether ``pattern`` matches somewhere in ``text``, as python-jsonschema decides it."""
+    import re
+
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return False
+
+
 _INTERNAL = frozenset(
     ["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"])
 
@@ -92,10 +107,10 @@ def _pure_ref(b: Any, draft: int) -> bool:
 
 
 _HANDLED = frozenset(
-    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "propertyNames", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "propertyNames", "patternProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
 )
 _UNSUPPORTED = frozenset(
-    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "patternProperties", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
+    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
 )
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
@@ -728,18 +743,78 @@ class _Compiler:
             key_filter = self.key_language(names_schema, _pointer_join(ptr, "propertyNames"))
             if key_filter is None:
                 add = False
+        patterns = list((s.get("patternProperties") or {}).items())
+        if len(patterns) > MAX_PATTERN_PROPERTIES:
+            raise UnsupportedSchemaError(
+                "patternProperties", _pointer_join(ptr, "patternProperties"),
+                f"more than {MAX_PATTERN_PROPERTIES} patterns on the regular path")
         members: list[tuple[str, Node]] = []
         for name, sub in props.items():
+            # a declared name also meets every patternProperties schema whose pattern it matches
+            extra = [sch for pat, sch in patterns if _re_search(pat, name)]
+            if extra:
+                sub = {"allOf": [sub, *extra]}
             if sub is False:
                 if name in required:
                     return NOTHING
                 continue
             members.append((name, self.node(sub, _pointer_join(ptr, "properties", name), depth + 1)))
         add_node = None
-        if add is not False:
+        if add is not False and not patterns:
             add_node = self.node(add, _pointer_join(ptr, "additionalProperties"), depth + 1)
+        extra_kvs = (self.pattern_members(patterns, add, list(props), key_filter, ptr, depth)
+                     if patterns else [])
         return self.members_node(members, set(required), add_node, names=list(props),
-                                 key_filter=key_filter)
+                                 key_filter=key_filter, extra_kvs=extra_kvs)
+
+    def pattern_members(self, patterns: list[tuple[str, Any]], add: Any, names: list[str],
+                        key_filter: Any, ptr: str, depth: int) -> list[tuple[Any, Node]]:
+        """patternProperties: the undeclared keys split by which patterns they match (search
+        semantics); each region's value meets all of its patterns' schemas, and the region that
+        matches none gets ``additionalProperties``. Returns (key DFA, value node) per region."""
+        from grammars.automaton import dfa_of, product
+
+        any_key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
+        base = any_key
+        if names:
+            declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k)) for k in names)))
+            try:
+                base = product(any_key, declared, op="diff")
+            except EmptyLanguageError:
+                return []
+        if key_filter is not None:
+            try:
+                base = product(base, key_filter)
+            except EmptyLanguageError:
+                return []
+        pdfas = []
+        for pat, _ in patterns:
+            pp = _pointer_join(ptr, "patternProperties", pat)
+            try:
+                body = regex_to_node(pat, encoder=json_string_encoder, mode="search",
+                                     dialect="ecma")
+            except (UnsupportedRegexError, RegexSyntaxError) as e:
+                raise UnsupportedSchemaError("patternProperties", pp, str(e)) from None
+            pdfas.append(dfa_of(self.string_literal_node(body)))
+        out: list[tuple[Any, Node]] = []
+        for mask in range(1 << len(patterns)):
+            key = base
+            try:
+                for i, d in enumerate(pdfas):
+                    key = product(key, d, op="and" if (mask >> i) & 1 else "diff")
+            except EmptyLanguageError:
+                continue
+            chosen = [patterns[i][1] for i in range(len(patterns)) if (mask >> i) & 1]
+            if not chosen:
+                if add is False:
+                    continue
+                value = self.node(add, _pointer_join(ptr, "additionalProperties"), depth + 1)
+            else:
+                sub = chosen[0] if len(chosen) == 1 else {"allOf": chosen}
+                value = self.node(sub, _pointer_join(ptr, "patternProperties"), depth + 1)
+            if value is not NOTHING:
+                out.append((key, value))
+        return out
 
     def key_language(self, names_schema: Any, ptr: str) -> Any:
         """The DFA of the JSON string texts (quotes included) that validate against
@@ -759,6 +834,7 @@ class _Compiler:
         add_value: Node | None,
         names: list[str] | None = None,
         key_filter: Any = None,
+        extra_kvs: list[tuple[Any, Node]] | None = None,
     ) -> Node:
         from grammars.automaton import dfa_of, product
 
@@ -785,6 +861,9 @@ class _Compiler:
                     key = None
             if key is not None:
                 add_kv = seq(Automaton(key.trans, key.accepting), colon, add_value)
+        if extra_kvs:
+            kvs_extra = [seq(Automaton(k.trans, k.accepting), colon, v) for k, v in extra_kvs]
+            add_kv = alt(*([add_kv] if add_kv is not None else []), *kvs_extra)
         req = [k in required for k, _ in members]
         n = len(kvs)
         if not self.any_order:

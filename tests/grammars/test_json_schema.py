@@ -111,7 +111,7 @@ def test_whitespace_modes(byte_vocab):
         ({"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}, "uniqueItems", "/properties/x/uniqueItems"),
         ({"properties": {"a": {"not": {"type": "string"}}}}, "not", "/properties/a/not"),
         ({"type": "integer", "multipleOf": 0.123456789}, "multipleOf", "/multipleOf"),
-        ({"patternProperties": {"^x": {}}}, "patternProperties", "/patternProperties"),
+        ({"patternProperties": {f"^x{i}": {} for i in range(5)}}, "patternProperties", "/patternProperties"),
         ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf", "/oneOf"),
         ({"type": "string", "pattern": "(a)\\1"}, "pattern", "/pattern"),
     ],
@@ -313,3 +313,41 @@ def test_property_names_with_a_required_name_it_rejects_is_empty():
         grammars.compile(Grammar.from_json_schema(
             {"type": "object", "required": ["toolong"], "propertyNames": {"maxLength": 3}}),
             grammars.Vocabulary.byte_level())
+
+
+PATTERN_SCHEMA = {
+    "properties": {"ab": {"maximum": 7}, "name": {"type": "string"}},
+    "patternProperties": {"^a": {"type": "integer"}, "b$": {"minimum": 5}},
+    "additionalProperties": {"type": "boolean"},
+}
+
+
+def test_pattern_properties_agree_with_jsonschema(byte_vocab):
+    """Overlapping patterns (a key matching both meets both schemas), declared properties that
+    also match patterns, additionalProperties for the rest: every case as jsonschema decides."""
+    import itertools
+
+    import jsonschema
+
+    c = grammars.compile(Grammar.from_json_schema(PATTERN_SCHEMA, property_order="any"),
+                         byte_vocab)
+    validator = jsonschema.Draft202012Validator(PATTERN_SCHEMA)
+    keys = ["a1", "xb", "axb", "ab", "name", "zz"]
+    values = [3, 6, 4.5, 8, "s", True]
+    seen = {True: 0, False: 0}
+    for k1, k2 in itertools.combinations(keys, 2):
+        for v1, v2 in itertools.product(values, repeat=2):
+            doc = {k1: v1, k2: v2}
+            ok = validator.is_valid(doc)
+            m = c.matcher()
+            text = json.dumps(doc, separators=(",", ":"))
+            assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+            seen[ok] += 1
+    assert seen[True] > 20 and seen[False] > 20
+
+
+def test_too_many_pattern_properties_is_a_typed_error():
+    schema = {"patternProperties": {f"^p{i}": {} for i in range(6)}}
+    with pytest.raises(UnsupportedSchemaError) as e:
+        Grammar.from_json_schema(schema)
+    assert e.value.keyword == "patternProperties" and e.value.pointer == "/patternProperties"
