@@ -107,10 +107,10 @@ def _pure_ref(b: Any, draft: int) -> bool:
 
 
 _HANDLED = frozenset(
-    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "multipleOf", "propertyNames", "patternProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "maxProperties", "multipleOf", "propertyNames", "patternProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
 )
 _UNSUPPORTED = frozenset(
-    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "maxProperties", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
+    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
 )
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
@@ -431,13 +431,9 @@ class _Compiler:
         s = self._tag(s)
         for k in s:
             if k in _UNSUPPORTED:
-                if k == "minProperties" and s[k] == 0:
-                    continue
                 raise UnsupportedSchemaError(k, _pointer_join(ptr, k))
         if "if" in s and ("then" in s.get("__sources", [{}])[0] or "else" in s.get("__sources", [{}])[0]):
             raise UnsupportedSchemaError("if", _pointer_join(ptr, "if"), "if/then/else")
-        if s.get("minProperties", 0) > 0:
-            raise UnsupportedSchemaError("minProperties", _pointer_join(ptr, "minProperties"))
         branches: list[list[Any]] = [list(x) for x in s["__anyOfs"]]
         for one in s["__oneOfs"]:
             if not self._exclusive(one, ptr):
@@ -764,8 +760,13 @@ class _Compiler:
             add_node = self.node(add, _pointer_join(ptr, "additionalProperties"), depth + 1)
         extra_kvs = (self.pattern_members(patterns, add, list(props), key_filter, ptr, depth)
                      if patterns else [])
+        lo = int(s.get("minProperties", 0))
+        hi = s.get("maxProperties")
+        if hi is not None and lo > int(hi):
+            return NOTHING
         return self.members_node(members, set(required), add_node, names=list(props),
-                                 key_filter=key_filter, extra_kvs=extra_kvs)
+                                 key_filter=key_filter, extra_kvs=extra_kvs,
+                                 count=(lo, None if hi is None else int(hi)))
 
     def pattern_members(self, patterns: list[tuple[str, Any]], add: Any, names: list[str],
                         key_filter: Any, ptr: str, depth: int) -> list[tuple[Any, Node]]:
@@ -835,6 +836,7 @@ class _Compiler:
         names: list[str] | None = None,
         key_filter: Any = None,
         extra_kvs: list[tuple[Any, Node]] | None = None,
+        count: tuple[int, int | None] = (0, None),
     ) -> Node:
         from grammars.automaton import dfa_of, product
 
@@ -867,50 +869,75 @@ class _Compiler:
         req = [k in required for k, _ in members]
         n = len(kvs)
         if not self.any_order:
-            # T(i, first): members i.. in schema order, then additional ones.
-            def tail(first: bool) -> Node:
-                if add_kv is None:
-                    return lit(b"")
-                if first:
-                    return opt(seq(add_kv, star(seq(sep, add_kv))))
-                return star(seq(sep, add_kv))
+            # T(i, first, c): members i.. in schema order, then additional ones, with c members
+            # written so far (capped at `cap`: counts past it no longer matter)
+            lo_n, hi_n = count
+            cap = hi_n if hi_n is not None else lo_n
 
-            t_first, t_rest = tail(True), tail(False)
+            def tail(first: bool, c: int) -> Node:
+                need = max(0, lo_n - c)
+                most = None if hi_n is None else hi_n - c
+                if most is not None and most < need:
+                    return NOTHING
+                if add_kv is None:
+                    return lit(b"") if need == 0 else NOTHING
+                if not first:
+                    return repeat(seq(sep, add_kv), need, most)
+                if most == 0:
+                    return lit(b"")
+                more = repeat(seq(sep, add_kv), max(0, need - 1),
+                              None if most is None else most - 1)
+                some = seq(add_kv, more)
+                return some if need > 0 else opt(some)
+
+            counts = range(cap + 1)
+            t = {(first, c): tail(first, c) for first in (True, False) for c in counts}
             for i in reversed(range(n)):
-                take_first = seq(kvs[i], t_rest)
-                take_rest = seq(sep, kvs[i], t_rest)
-                if req[i]:
-                    nf, nr = take_first, take_rest
-                else:
-                    nf, nr = alt(take_first, t_first), alt(take_rest, t_rest)
-                t_first, t_rest = nf, nr
-            body = t_first
+                nxt: dict[tuple[bool, int], Node] = {}
+                for c in counts:
+                    c2 = min(c + 1, cap)
+                    over = hi_n is not None and c + 1 > hi_n
+                    take_first = NOTHING if over else seq(kvs[i], t[(False, c2)])
+                    take_rest = NOTHING if over else seq(sep, kvs[i], t[(False, c2)])
+                    if req[i]:
+                        nxt[(True, c)], nxt[(False, c)] = take_first, take_rest
+                    else:
+                        nxt[(True, c)] = alt(take_first, t[(True, c)])
+                        nxt[(False, c)] = alt(take_rest, t[(False, c)])
+                t = nxt
+            body = t[(True, 0)]
         else:
             if n > 10:
                 raise UnsupportedSchemaError(
                     "properties", "", f"property_order='any' with {n} properties (at most 10 on the regular path)"
                 )
-            memo: dict[tuple[frozenset[int], bool], Node] = {}
+            memo: dict[tuple[frozenset[int], bool, int], Node] = {}
             rule_id = len(self.rules)
+            lo_n, hi_n = count
+            cap = hi_n if hi_n is not None else lo_n
 
-            def rest(left: frozenset[int], first: bool) -> Node:
-                key = (left, first)
+            def rest(left: frozenset[int], first: bool, c: int) -> Node:
+                # c: members written so far, capped at `cap`
+                key = (left, first, c)
                 if key in memo:
                     return memo[key]
-                name = f"obj{rule_id}:{sorted(left)}:{int(first)}"
+                name = f"obj{rule_id}:{sorted(left)}:{int(first)}:{c}"
                 memo[key] = Ref(name)
                 opts: list[Node] = []
                 lead = (lambda x: x) if first else (lambda x: seq(sep, x))
-                for i in sorted(left):
-                    opts.append(seq(lead(kvs[i]), rest(left - {i}, False)))
-                if add_kv is not None:
-                    opts.append(seq(lead(add_kv), rest(left, False)))
-                if not any(req[i] for i in left):
+                room = hi_n is None or c + 1 <= hi_n
+                c2 = min(c + 1, cap)
+                if room:
+                    for i in sorted(left):
+                        opts.append(seq(lead(kvs[i]), rest(left - {i}, False, c2)))
+                    if add_kv is not None:
+                        opts.append(seq(lead(add_kv), rest(left, False, c2)))
+                if not any(req[i] for i in left) and c >= lo_n:
                     opts.append(lit(b""))
                 self.rules[name] = alt(*opts)
                 return memo[key]
 
-            body = rest(frozenset(range(n)), True)
+            body = rest(frozenset(range(n)), True, 0)
         return seq(lit("{"), ws, body, ws, lit("}"))
 
 

@@ -351,3 +351,38 @@ def test_too_many_pattern_properties_is_a_typed_error():
     with pytest.raises(UnsupportedSchemaError) as e:
         Grammar.from_json_schema(schema)
     assert e.value.keyword == "patternProperties" and e.value.pointer == "/patternProperties"
+
+
+@pytest.mark.parametrize("order", ["schema", "any"])
+@pytest.mark.parametrize(
+    "schema",
+    [{"minProperties": 2}, {"maxProperties": 1},
+     {"properties": {"a": {}, "b": {}, "c": {}}, "minProperties": 2, "maxProperties": 2},
+     {"properties": {"a": {}, "b": {}}, "additionalProperties": False, "minProperties": 1},
+     {"properties": {"a": {}}, "required": ["a"], "maxProperties": 2},
+     {"patternProperties": {"^x": {"type": "integer"}}, "maxProperties": 2}],
+)
+def test_min_max_properties_agree_with_jsonschema(schema, order, byte_vocab):
+    import jsonschema
+
+    c = grammars.compile(Grammar.from_json_schema(schema, property_order=order), byte_vocab)
+    validator = jsonschema.Draft202012Validator(schema)
+    declared = list(schema.get("properties", {}))
+    docs = [{}, {"a": 1}, {"b": 1}, {"a": 1, "b": 2}, {"a": 1, "c": 2}, {"x": 1},
+            {"x": 1, "y": 2}, {"a": 1, "b": 2, "c": 3}, {"a": 1, "x": 2, "y": 3}, {"x1": 1, "x2": 2},
+            {"x1": 1, "x2": 2, "x3": 3}]
+    for doc in docs:
+        keys = list(doc)
+        if order == "schema" and keys != sorted(
+                keys, key=lambda k: (k not in declared, declared.index(k) if k in declared else 0)):
+            continue  # schema order writes declared properties first, in the schema's order
+        text = json.dumps(doc, separators=(",", ":"))
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == validator.is_valid(doc), text
+
+
+def test_min_properties_above_max_is_empty():
+    with pytest.raises(EmptyLanguageError):
+        grammars.compile(Grammar.from_json_schema(
+            {"type": "object", "minProperties": 3, "maxProperties": 2}),
+            grammars.Vocabulary.byte_level())
