@@ -86,21 +86,23 @@ def _error(msg: str, tok: Any) -> InvalidGrammarError:
                                column=getattr(tok, "column", None))
 
 
-def _codepoints(body: str, tok: Any) -> list[int]:
-    out: list[int] = []
+def _chars(body: str, tok: Any) -> list[tuple[int, bool]]:
+    """The code points of a literal's or class's body, each with whether it was escaped."""
+    out: list[tuple[int, bool]] = []
     i = 0
     while i < len(body):
         if body[i] == "\\":
             cp, i = _escape(body, i, tok)
+            out.append((cp, True))
         else:
-            cp, i = ord(body[i]), i + 1
-        out.append(cp)
+            out.append((ord(body[i]), False))
+            i += 1
     return out
 
 
 def _literal(tok: Any) -> Node:
-    return lit("".join(chr(c) for c in _codepoints(str(tok)[1:-1], tok)).encode("utf-8",
-                                                                               "surrogatepass"))
+    text = "".join(chr(c) for c, _ in _chars(str(tok)[1:-1], tok))
+    return lit(text.encode("utf-8", "surrogatepass"))
 
 
 def _class(tok: Any) -> Node:
@@ -108,17 +110,9 @@ def _class(tok: Any) -> Node:
     negate = text.startswith("^")
     if negate:
         text = text[1:]
-    cps = _codepoints(text, tok)
-    # ranges: a - b where the '-' was literal in the text (an escaped \- is a plain char)
-    raw_dash = []
-    i = 0
-    while i < len(text):
-        if text[i] == "\\":
-            _, i = _escape(text, i, tok)
-            raw_dash.append(False)
-        else:
-            raw_dash.append(text[i] == "-")
-            i += 1
+    chars = _chars(text, tok)
+    cps = [c for c, _ in chars]
+    raw_dash = [c == ord("-") and not escaped for c, escaped in chars]  # an escaped \- is plain
     ranges: list[tuple[int, int]] = []
     k = 0
     while k < len(cps):

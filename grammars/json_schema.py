@@ -86,6 +86,15 @@ _ANNOTATIONS = frozenset(
 MAX_PATTERN_PROPERTIES = 4
 
 
+def _pattern_body(pattern: str, keyword: str, ptr: str) -> Node:
+    """The string-body node of a JSON Schema regex (search semantics, ECMA dialect, characters as
+    JSON escapes them); an unsupported or invalid regex is an ``UnsupportedSchemaError``."""
+    try:
+        return regex_to_node(pattern, encoder=json_string_encoder, mode="search", dialect="ecma")
+    except (UnsupportedRegexError, RegexSyntaxError) as e:
+        raise UnsupportedSchemaError(keyword, ptr, str(e)) from None
+
+
 def _re_search(pattern: str, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text``, as python-jsonschema decides it."""
     import re
@@ -648,10 +657,7 @@ class _Compiler:
                 return NOTHING
             bodies.append(repeat(_ANY_CHAR, lo, None if hi is None else int(hi)))
         for p in s["__patterns"]:
-            try:
-                bodies.append(regex_to_node(p, encoder=json_string_encoder, mode="search", dialect="ecma"))
-            except (UnsupportedRegexError, RegexSyntaxError) as e:
-                raise UnsupportedSchemaError("pattern", _pointer_join(ptr, "pattern"), str(e)) from None
+            bodies.append(_pattern_body(p, "pattern", _pointer_join(ptr, "pattern")))
         for f in s["__formats"]:
             if f not in STANDARD_FORMATS:
                 continue  # custom formats are annotations
@@ -775,28 +781,13 @@ class _Compiler:
         matches none gets ``additionalProperties``. Returns (key DFA, value node) per region."""
         from grammars.automaton import dfa_of, product
 
-        any_key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
-        base = any_key
-        if names:
-            declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k)) for k in names)))
-            try:
-                base = product(any_key, declared, op="diff")
-            except EmptyLanguageError:
-                return []
-        if key_filter is not None:
-            try:
-                base = product(base, key_filter)
-            except EmptyLanguageError:
-                return []
-        pdfas = []
-        for pat, _ in patterns:
-            pp = _pointer_join(ptr, "patternProperties", pat)
-            try:
-                body = regex_to_node(pat, encoder=json_string_encoder, mode="search",
-                                     dialect="ecma")
-            except (UnsupportedRegexError, RegexSyntaxError) as e:
-                raise UnsupportedSchemaError("patternProperties", pp, str(e)) from None
-            pdfas.append(dfa_of(self.string_literal_node(body)))
+        base = self.undeclared_keys(names, key_filter)
+        if base is None:
+            return []
+        pdfas = [
+            dfa_of(self.string_literal_node(_pattern_body(
+                pat, "patternProperties", _pointer_join(ptr, "patternProperties", pat))))
+            for pat, _ in patterns]
         out: list[tuple[Any, Node]] = []
         for mask in range(1 << len(patterns)):
             key = base
@@ -828,6 +819,23 @@ class _Compiler:
         except EmptyLanguageError:
             return None
 
+    def undeclared_keys(self, names: list[str], key_filter: Any) -> Any:
+        """The DFA of the JSON string texts that are none of ``names`` and are in ``key_filter``
+        (a DFA, or None for any), or None when there is no such key."""
+        from grammars.automaton import dfa_of, product
+
+        key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
+        try:
+            if names:
+                declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k))
+                                        for k in names)))
+                key = product(key, declared, op="diff")
+            if key_filter is not None:
+                key = product(key, key_filter)
+        except EmptyLanguageError:
+            return None
+        return key
+
     def members_node(
         self,
         members: list[tuple[str, Node]],
@@ -838,29 +846,14 @@ class _Compiler:
         extra_kvs: list[tuple[Any, Node]] | None = None,
         count: tuple[int, int | None] = (0, None),
     ) -> Node:
-        from grammars.automaton import dfa_of, product
-
         ws = self.ws
         sep = seq(ws, lit(","), ws)
         colon = seq(ws, lit(":"), ws)
         kvs = [seq(self.string_literal_node(self.string_chars(k)), colon, v) for k, v in members]
         add_kv = None
         if add_value is not None:
-            any_key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
-            key_names = names if names is not None else [k for k, _ in members]
-            if key_names:
-                declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k)) for k in key_names)))
-                try:
-                    key = product(any_key, declared, op="diff")
-                except EmptyLanguageError:
-                    key = None
-            else:
-                key = any_key
-            if key is not None and key_filter is not None:
-                try:
-                    key = product(key, key_filter)
-                except EmptyLanguageError:
-                    key = None
+            key = self.undeclared_keys(
+                names if names is not None else [k for k, _ in members], key_filter)
             if key is not None:
                 add_kv = seq(Automaton(key.trans, key.accepting), colon, add_value)
         if extra_kvs:
