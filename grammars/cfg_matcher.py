@@ -83,7 +83,6 @@ class CfgCompiledGrammar:
             self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
         self._eos = frozenset(self.vocab.eos_token_ids)
         self._bnodes = np.empty(1 << 16, dtype=np.int64)
-        self._bstates = np.empty(1 << 16, dtype=np.int32)
 
     @property
     def kind(self) -> str:
@@ -130,16 +129,16 @@ class CfgCompiledGrammar:
 
     # ---- masks -------------------------------------------------------------------------------
     def _walk(self, r: Restricted, roots: np.ndarray, states: np.ndarray,
-              row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              row: np.ndarray) -> np.ndarray:
+        """OR into ``row`` the tokens readable below ``roots`` (lexer ``states`` there) through
+        ``r``; returns the trie nodes where an accepted lexeme may end with the token going on."""
         trie = self.vocab.trie
         while True:
             nb = walk_lexemes(r.trans, r.accepts, roots, states, trie.byte, trie.depth, trie.end,
-                              trie.tok_ptr, trie.tok_ids, row, self._bnodes, self._bstates,
-                              trie.max_depth)
+                              trie.tok_ptr, trie.tok_ids, row, self._bnodes, trie.max_depth)
             if nb >= 0:
-                return self._bnodes[:nb].copy(), self._bstates[:nb].copy()
+                return self._bnodes[:nb].copy()
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
-            self._bstates = np.empty(2 * len(self._bstates), dtype=np.int32)
             # walk again: the bits already set are allowed tokens, so the row stays right
 
     def piece(self, key: tuple, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,13 +157,13 @@ class CfgCompiledGrammar:
             return hit
         if len(key) == 1:
             q = key[0]
-            nodes, _ = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
-                                  row)
+            nodes = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
+                               row)
             if (self.lexer.accepts[q] >> t) & 1:  # a lexeme may end before the token starts
                 nodes = np.concatenate([np.zeros(1, dtype=np.int64), nodes])
         else:
             roots = self.piece(key[0], key[1])[1]
-            nodes, _ = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
+            nodes = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
         hit = self._pieces[(key, t)] = (row, nodes)
         return hit
 

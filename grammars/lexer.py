@@ -25,9 +25,8 @@ __all__ = ["Lexer", "Restricted", "build_lexer"]
 
 @dataclass(frozen=True, eq=False)
 class Restricted:
-    """The lexer seen by a parser state allowing terminal set ``allowed`` (a bitset)."""
+    """The lexer restricted to a set of terminals (see :meth:`Lexer.restricted`)."""
 
-    allowed: int
     trans: np.ndarray  # int32 (n, 256): -1 where no allowed terminal stays alive
     accepts: np.ndarray  # bool (n,): some allowed terminal accepts here
 
@@ -59,7 +58,7 @@ class Lexer:
             live = (self._alive_words & a).any(axis=1)
             trans = np.where((self.trans >= 0) & live[np.maximum(self.trans, 0)], self.trans, -1)
             acc = (self._accept_words & a).any(axis=1)
-            hit = self._restricted[allowed] = Restricted(allowed, trans.astype(np.int32), acc)
+            hit = self._restricted[allowed] = Restricted(trans.astype(np.int32), acc)
         return hit
 
 

@@ -96,11 +96,11 @@ def token_table(trans, data, offsets, special, out):
 
 @njit(cache=True, nogil=True)
 def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, tok_ids, row,
-                 bnodes, bstates, max_depth):
+                 bnodes, max_depth):
     """For each ``(roots[r], root_states[r])``: walk the subtree below trie node ``roots[r]``
     through ``trans`` from ``root_states[r]`` (the DFA state at that node), OR into ``row`` the
     tokens it can read, and record the nodes below the root where ``accepts`` holds and the trie
-    goes deeper (a lexeme may end there and a next one start): ``bnodes``/``bstates``. Returns
+    goes deeper (a lexeme may end there and a next one start): ``bnodes``. Returns
     how many were recorded, or -1 if ``bnodes`` is too small."""
     stack = np.empty(max_depth + 2, dtype=np.int32)
     nb = 0
@@ -125,7 +125,6 @@ def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, 
                 if nb == cap:
                     return -1
                 bnodes[nb] = n
-                bstates[nb] = ns
                 nb += 1
             n += 1
     return nb
