@@ -3,6 +3,7 @@
     python -m decoding generate --schema person.json "Describe a person."
     python -m decoding generate --regex "[0-9]{5}" --stats "A zip code:"
     python -m decoding generate --choices red,green,blue "Pick a color."
+    python -m decoding bench jsonschemabench --subset Glaiveai2K --limit 10 --engine ours
 
 ``generate`` prints the output to stdout (the JSON text for a schema); ``--stats`` writes compile
 time, time to first token and tokens per second to stderr. Exit codes: 0 success; 1 output cut by
@@ -85,10 +86,39 @@ def build_parser() -> argparse.ArgumentParser:
     from decoding.query.cli import add_arguments as _add_query_arguments
 
     _add_query_arguments(sub.add_parser("query", help="run an LMQL-like query script"))
-    for name in ("bench",):
-        s = sub.add_parser(name, help=f"{name} (not implemented yet)")
-        s.add_argument("args", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="run a benchmark from bench/ (from the repository root)")
+    b.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="its options (see NAME --help)")
     return p
+
+
+#: ``python -m decoding bench NAME``: the modules under bench/ (a folder of the repository, not of
+#: the installed packages, so these run from a checkout).
+BENCHMARKS = {
+    "jsonschemabench": "bench.jsonschemabench",
+    "json-schema-test-suite": "bench.json_schema_test_suite",
+    "masks": "bench.masks",
+    "cfg": "bench.cfg",
+    "e2e": "bench.e2e",
+    "samplers": "bench.samplers",
+    "alignment": "bench.alignment",
+    "longctx": "bench.longctx",
+    "kernels": "bench.kernels",
+}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(BENCHMARKS[args.name])
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", BENCHMARKS[args.name]):
+            raise
+        return _fail("ModuleNotFoundError", "bench/ is not importable: run from the repository root")
+    return int(module.main(args.args) or 0)
 
 
 def _fail(kind: str, message: str) -> int:
@@ -214,12 +244,11 @@ def _quiet_transformers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m decoding`` and the ``decoding`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)  # benchmarks keep their progress bars
     _quiet_transformers()
     if args.command == "generate":
         return _generate(args)
-    if args.command == "query":
-        from decoding.query.cli import run as _run_query
+    from decoding.query.cli import run as _run_query
 
-        return _run_query(args)
-    print(f"error: NotImplementedError: '{args.command}' is not implemented yet", file=sys.stderr)
-    return EXIT_USAGE
+    return _run_query(args)

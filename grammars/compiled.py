@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa
-from grammars.errors import InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
+from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
@@ -320,8 +320,33 @@ def compile(
 
     Cached in memory and on disk, keyed by the grammar's and the vocabulary's fingerprints. Raises
     ``GrammarError`` subclasses (typed, at compile time): ``EmptyLanguageError`` when nothing
-    matches, ``GrammarTooLargeError`` past ``max_states`` DFA states.
+    matches, ``GrammarTooLargeError`` past ``max_states`` DFA states (a JSON Schema grammar then
+    falls back to any value of its root types, exact through its checks). A JSON Schema grammar with
+    semantic checks (``grammar.semantic``, see :mod:`grammars.json_semantic`) comes back as a
+    ``CheckedCompiledGrammar`` whose matchers run them.
     """
+    try:
+        inner = _compile_rules(grammar, vocab, max_states=max_states, eager_states=eager_states,
+                               cache=cache)
+    except GrammarTooLargeError:
+        fallback = getattr(grammar, "fallback", None)
+        if fallback is None:
+            raise
+        grammar = fallback()  # a JSON Schema: a looser grammar, exact through the checks
+        inner = _compile_rules(grammar, vocab, max_states=max_states, eager_states=eager_states,
+                               cache=cache)
+    checks = getattr(grammar, "semantic", None)
+    if checks is None:
+        return inner
+    from grammars.json_semantic import CheckedCompiledGrammar
+
+    return CheckedCompiledGrammar(inner, checks, grammar)  # type: ignore[return-value]
+
+
+def _compile_rules(
+    grammar: Grammar, vocab: Vocabulary, *, max_states: int, eager_states: int, cache: bool
+) -> CompiledGrammar:
+    """``compile`` without the semantic checks: the grammar's rules alone."""
     key = (grammar.fingerprint, vocab.fingerprint)
     if cache:
         with _LOCK:

@@ -25,6 +25,7 @@ class Grammar:
         self.kind = kind
         self.source = source
         self.json_schema: Any = None  # the (resolved) schema when built from one
+        self.semantic: Any = None  # json_semantic.SchemaChecks when the grammar alone is not exact
 
     def __repr__(self) -> str:
         src = repr(self.source)

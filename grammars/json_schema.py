@@ -26,9 +26,15 @@ adds invalid ones):
   after them. ``"any"``: any order, each declared property at most once, required ones enforced.
 - ``whitespace="flexible"``: up to ``max_whitespace`` bytes of JSON whitespace between tokens.
 
-Keywords this path cannot enforce exactly raise ``UnsupportedSchemaError(keyword, pointer)``:
-a looser grammar is never compiled. Unknown keywords and annotations are ignored (the spec says
-they do not validate); custom (non-standard) ``format`` values are annotations too.
+Keywords a grammar cannot enforce exactly (``uniqueItems``, ``not`` of anything but a type,
+``if``/``then``/``else``, ``contains``, ``dependent*``, ``unevaluated*``, overlapping ``oneOf``,
+``$dynamicRef``, conflicting ``allOf`` values, huge ``multipleOf`` automata, more than
+``MAX_PATTERN_PROPERTIES`` patterns) are *relaxed*: the grammar takes a superset there and records
+``(keyword, pointer)`` in ``Grammar.semantic.relaxed``; :mod:`grammars.json_semantic` restores
+exactness when values complete. A looser verdict is never returned. What neither can handle (an
+unsupported regex construct, an unknown standard format) raises
+``UnsupportedSchemaError(keyword, pointer)``. Unknown keywords and annotations are ignored (the
+spec says they do not validate); custom (non-standard) ``format`` values are annotations too.
 """
 
 from __future__ import annotations
@@ -79,11 +85,14 @@ STANDARD_FORMATS = frozenset(
 
 # Keywords that only annotate (never constrain) or that this module reads elsewhere.
 _ANNOTATIONS = frozenset(
-    ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
+    ["$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$anchor", "$dynamicAnchor", "$recursiveAnchor", "$vocabulary", "$defs", "definitions", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"]
 )
 #: patternProperties with more patterns than this are refused on the regular path (the keys are
 #: split into one region per subset of matching patterns).
 MAX_PATTERN_PROPERTIES = 4
+#: With ``property_order="any"``, objects with more declared properties than this take any
+#: sequence of members in the grammar (each order of a subset would be a state).
+MAX_ANY_ORDER_PROPERTIES = 10
 
 
 def _pattern_body(pattern: str, keyword: str, ptr: str) -> Node:
@@ -106,7 +115,7 @@ def _re_search(pattern: str, text: str) -> bool:
 
 
 _INTERNAL = frozenset(
-    ["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"])
+    ["__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples", "__nots"])
 
 
 def _pure_ref(b: Any, draft: int) -> bool:
@@ -116,11 +125,14 @@ def _pure_ref(b: Any, draft: int) -> bool:
 
 
 _HANDLED = frozenset(
-    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "maxProperties", "multipleOf", "propertyNames", "patternProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples"]
+    ["type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems", "additionalItems", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "allOf", "anyOf", "oneOf", "$ref", "uniqueItems", "if", "minProperties", "maxProperties", "multipleOf", "propertyNames", "patternProperties", "__sources", "__patterns", "__formats", "__anyOfs", "__oneOfs", "__multiples", "__nots"]
 )
-_UNSUPPORTED = frozenset(
-    ["not", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef", "$recursiveAnchor"]
+# Keywords the grammar relaxes (drops) and the semantic checks enforce (grammars.json_semantic).
+_RELAXED = frozenset(
+    ["contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef"]
 )
+# Applicators whose annotations depend on the instance (unevaluated* cannot be read statically).
+_CONDITIONAL = frozenset(["dependentSchemas", "dependencies", "$dynamicRef", "$recursiveRef", "$ref"])
 # Keywords whose value holds subschemas: name -> "one" | "list" | "map"
 _SUBSCHEMA_KEYS = {
     "additionalProperties": "one", "items": "one_or_list", "additionalItems": "one",
@@ -141,6 +153,13 @@ def _pointer_join(ptr: str, *parts: object) -> str:
     for p in parts:
         out += "/" + str(p).replace("~", "~0").replace("/", "~1")
     return out
+
+
+def _join(base: str, ref: str) -> str:
+    """``urljoin`` that also resolves fragments against non-hierarchical bases (``urn:``)."""
+    if ref.startswith("#"):
+        return urldefrag(base)[0] + ref
+    return urljoin(base, ref)
 
 
 def _json_equal(a: Any, b: Any) -> bool:
@@ -224,12 +243,12 @@ class _Compiler:
         )
         self.id_key = "id" if self.draft == 4 else "$id"
         root_id = root.get(self.id_key) if isinstance(root, dict) else None
-        self.root_uri = urljoin(DEFAULT_ROOT_URI, root_id) if isinstance(root_id, str) else DEFAULT_ROOT_URI
+        self.root_uri = _join(DEFAULT_ROOT_URI, root_id) if isinstance(root_id, str) else DEFAULT_ROOT_URI
         self.root = self._absolutize(root, self.root_uri)
         resources = [(urldefrag(self.root_uri)[0], self.root)]
         for uri, doc in (registry or {}).items():
             doc_id = doc.get(self.id_key) if isinstance(doc, dict) else None
-            base = urljoin(uri, doc_id) if isinstance(doc_id, str) else uri
+            base = _join(uri, doc_id) if isinstance(doc_id, str) else uri
             resources.append((urldefrag(uri)[0], self._absolutize(doc, base)))
         try:
             from jsonschema_specifications import REGISTRY as _META
@@ -251,6 +270,13 @@ class _Compiler:
         self._any_cache: dict[int, Node] = {}
         self._string_body_cache: dict[Any, Node] = {}
         self._validators: dict[str, Any] = {}
+        self.relaxed: list[tuple[str, str]] = []  # (keyword, pointer) the semantic checks enforce
+        self._looked_up: dict[str, tuple[Any]] = {}
+
+    def relax(self, keyword: str, ptr: str) -> None:
+        """Record that the grammar is a superset at ``ptr`` for ``keyword``: the semantic checks
+        (:mod:`grammars.json_semantic`) make the verdict exact."""
+        self.relaxed.append((keyword, ptr))
 
     # ---- document preparation -----------------------------------------------------------------
     def _absolutize(self, schema: Any, base: str) -> Any:
@@ -260,9 +286,9 @@ class _Compiler:
         out = dict(schema)
         sid = schema.get(self.id_key)
         if isinstance(sid, str) and not (self.draft <= 7 and "$ref" in schema):
-            base = urljoin(base, sid)
+            base = _join(base, sid)
         if isinstance(schema.get("$ref"), str):
-            out["$ref"] = urljoin(base, schema["$ref"])
+            out["$ref"] = _join(base, schema["$ref"])
         for key, kind in _SUBSCHEMA_KEYS.items():
             if key not in schema:
                 continue
@@ -276,10 +302,18 @@ class _Compiler:
         return out
 
     def _lookup(self, uri: str, ptr: str) -> Any:
+        """The subschema at the absolute ``uri``, its own ``$ref`` s made absolute (documents
+        from outside, such as the metaschemas, use relative ones)."""
+        hit = self._looked_up.get(uri)
+        if hit is not None:
+            return hit[0]
         try:
-            return self.resolver.lookup(uri).contents
+            contents = self.resolver.lookup(uri).contents
         except Exception as e:  # noqa: BLE001 - referencing raises several types
             raise InvalidSchemaError(f"cannot resolve $ref {uri!r}: {e}", pointer=ptr, keyword="$ref") from None
+        out = self._absolutize(contents, urldefrag(uri)[0])
+        self._looked_up[uri] = (out,)
+        return out
 
     def _is_valid(self, value: Any, schemas: list[Any]) -> bool:
         v = self.validator_cls({"allOf": schemas}, registry=self.registry)
@@ -299,15 +333,15 @@ class _Compiler:
         if has_ref:
             uri = s["$ref"]
             if uri in self.inlining:
-                raise UnsupportedSchemaError(
-                    "$ref", ptr, "recursive reference (needs the context-free path, not yet available)"
-                )
-            self.inlining.append(uri)
-            try:
-                target = self._lookup(uri, ptr)
-                parts.append(self._flatten(target, ptr) if isinstance(target, dict) else target)
-            finally:
-                self.inlining.pop()
+                # a recursive reference merged with siblings: the grammar takes any value here
+                self.relax("$ref", ptr)
+            else:
+                self.inlining.append(uri)
+                try:
+                    target = self._lookup(uri, ptr)
+                    parts.append(self._flatten(target, ptr) if isinstance(target, dict) else target)
+                finally:
+                    self.inlining.pop()
         for i, b in enumerate(s.get("allOf", [])):
             parts.append(self._flatten(b, _pointer_join(ptr, "allOf", i)) if isinstance(b, dict) else b)
         merged: Any = True
@@ -340,7 +374,7 @@ class _Compiler:
                 continue
             x, y = a[k], b[k]
             if k == "__sources" or k in ("__patterns", "__formats", "__anyOfs", "__oneOfs",
-                                         "__multiples"):
+                                         "__multiples", "__nots"):
                 out[k] = x + y
             elif k == "type":
                 tx, ty = _types_of({"type": x}), _types_of({"type": y})
@@ -361,13 +395,11 @@ class _Compiler:
                 out[k] = bool(x) or bool(y)
             elif k == "propertyNames":
                 out[k] = {"allOf": [x, y]}
-            elif k == "if":
-                raise UnsupportedSchemaError("if", "", "if/then/else inside allOf")
             else:
-                # same keyword on both sides that has no merge rule: keep both through allOf
-                # of the two fragments only if equal; otherwise it is unsupported here
+                # same keyword on both sides with no merge rule: equal values merge; otherwise
+                # the grammar keeps one side (a superset) and the semantic checks the other
                 if json.dumps(x, sort_keys=True) != json.dumps(y, sort_keys=True):
-                    raise UnsupportedSchemaError(k, "", "conflicting values under allOf")
+                    self.relax(k, "")
                 out[k] = x
         return out
 
@@ -408,19 +440,24 @@ class _Compiler:
             ]
         out["items"] = {"allOf": [ia, ib]}
 
-    @staticmethod
-    def _tag(s: Any) -> Any:
-        """Move mergeable list-valued keywords into their internal accumulators."""
+    def _tag(self, s: Any) -> Any:
+        """Move mergeable list-valued keywords into their internal accumulators; ``if`` with
+        ``then``/``else`` becomes the branch pair ``anyOf[if and then, else]`` (a superset: the
+        semantic checks make it exact)."""
         if not isinstance(s, dict) or "__sources" in s:
             return s
         out = {k: v for k, v in s.items()
-               if k not in ("pattern", "format", "anyOf", "oneOf", "multipleOf")}
+               if k not in ("pattern", "format", "anyOf", "oneOf", "multipleOf", "not", "if")}
         out["__sources"] = [s]
         out["__patterns"] = [s["pattern"]] if "pattern" in s else []
         out["__formats"] = [s["format"]] if "format" in s else []
         out["__anyOfs"] = [s["anyOf"]] if "anyOf" in s else []
         out["__oneOfs"] = [s["oneOf"]] if "oneOf" in s else []
         out["__multiples"] = [s["multipleOf"]] if "multipleOf" in s else []
+        out["__nots"] = [s["not"]] if "not" in s else []
+        if "if" in s and ("then" in s or "else" in s):
+            self.relax("if", "")
+            out["__anyOfs"].append([{"allOf": [s["if"], s.get("then", True)]}, s.get("else", True)])
         return out
 
     # ---- lowering -----------------------------------------------------------------------------
@@ -439,17 +476,21 @@ class _Compiler:
             return self.node(s, ptr)
         s = self._tag(s)
         for k in s:
-            if k in _UNSUPPORTED:
-                raise UnsupportedSchemaError(k, _pointer_join(ptr, k))
-        if "if" in s and ("then" in s.get("__sources", [{}])[0] or "else" in s.get("__sources", [{}])[0]):
-            raise UnsupportedSchemaError("if", _pointer_join(ptr, "if"), "if/then/else")
+            if k in _RELAXED:
+                self.relax(k, _pointer_join(ptr, k))
+        excluded: set[str] = set()
+        for n in s["__nots"]:
+            if n is True:
+                return NOTHING
+            if isinstance(n, dict) and n and all(k == "type" or k in _ANNOTATIONS for k in n):
+                excluded |= _types_of(n)  # not {type: ...}: exact
+            elif n is not False:
+                self.relax("not", _pointer_join(ptr, "not"))
+        s = self._unevaluated_as_additional(s)
         branches: list[list[Any]] = [list(x) for x in s["__anyOfs"]]
         for one in s["__oneOfs"]:
             if not self._exclusive(one, ptr):
-                raise UnsupportedSchemaError(
-                    "oneOf", _pointer_join(ptr, "oneOf"),
-                    "branches may overlap; exactly-one needs the semantic checker (not yet available)",
-                )
+                self.relax("oneOf", _pointer_join(ptr, "oneOf"))  # anyOf, plus exactly-one checks
             branches.append(list(one))
         if branches:
             rest = dict(s)
@@ -457,7 +498,8 @@ class _Compiler:
             rest["__oneOfs"] = []
             combos = list(itertools.islice(itertools.product(*branches), 257))
             if len(combos) > 256:
-                raise UnsupportedSchemaError("anyOf", _pointer_join(ptr, "anyOf"), "more than 256 branch combinations")
+                self.relax("anyOf", _pointer_join(ptr, "anyOf"))  # the branches are checked
+                return self.node(rest, ptr, depth)
             out = []
             plain = not (rest["__patterns"] or rest["__formats"] or rest["__multiples"]) and all(
                 k in _ANNOTATIONS or k in _INTERNAL for k in rest)
@@ -482,6 +524,10 @@ class _Compiler:
         for src in s["__sources"]:
             if isinstance(src, dict) and "type" in src:
                 types &= _types_of(src)
+        if excluded:
+            types -= excluded
+            if "frac" in types and "int" not in types:
+                self.relax("not", _pointer_join(ptr, "not"))  # integers are not excluded exactly
         parts: list[Node] = []
         if "null" in types:
             parts.append(lit("null"))
@@ -496,6 +542,25 @@ class _Compiler:
         if "object" in types:
             parts.append(self.object_node(s, ptr, depth))
         return alt(*parts)
+
+    @staticmethod
+    def _unevaluated_as_additional(s: dict) -> dict:
+        """Tighten the grammar for ``unevaluatedProperties``/``unevaluatedItems`` where they mean
+        ``additionalProperties``/``items``: a schema merged from nothing else, with no
+        applicator whose annotations depend on the instance (the checks stay exact either way;
+        this only keeps the grammar from writing members that can never be accepted)."""
+        src = s["__sources"]
+        if (len(src) != 1 or s["__anyOfs"] or s["__oneOfs"] or _CONDITIONAL & s.keys()
+                or (isinstance(src[0], dict) and "if" in src[0])):  # `if` alone still annotates
+            return s
+        out = s
+        if "unevaluatedProperties" in s and "additionalProperties" not in s:
+            out = dict(out)
+            out["additionalProperties"] = s["unevaluatedProperties"]
+        if ("unevaluatedItems" in s and not {"items", "additionalItems", "contains"} & s.keys()):
+            out = dict(out)
+            out["items"] = s["unevaluatedItems"]
+        return out
 
     def ref_node(self, uri: str, ptr: str) -> Node:
         name = self.ref_rules.get(uri)
@@ -637,9 +702,9 @@ class _Compiler:
             try:
                 trans, accepting = multiple_of_dfa(
                     Decimal(repr(m)) if isinstance(m, float) else m)
-            except OverflowError as e:
-                raise UnsupportedSchemaError("multipleOf", _pointer_join(ptr, "multipleOf"),
-                                             str(e)) from None
+            except OverflowError:
+                self.relax("multipleOf", _pointer_join(ptr, "multipleOf"))
+                continue
             try:
                 dfa = product(dfa, Dfa(trans=trans, accepting=accepting))
             except EmptyLanguageError:
@@ -691,7 +756,7 @@ class _Compiler:
         hi = s.get("maxItems")
         hi = None if hi is None else int(hi)
         if s.get("uniqueItems") and (hi is None or hi > 1):
-            raise UnsupportedSchemaError("uniqueItems", _pointer_join(ptr, "uniqueItems"))
+            self.relax("uniqueItems", _pointer_join(ptr, "uniqueItems"))
         if hi is not None and lo > hi:
             return NOTHING
         ws = self.ws
@@ -747,9 +812,9 @@ class _Compiler:
                 add = False
         patterns = list((s.get("patternProperties") or {}).items())
         if len(patterns) > MAX_PATTERN_PROPERTIES:
-            raise UnsupportedSchemaError(
-                "patternProperties", _pointer_join(ptr, "patternProperties"),
-                f"more than {MAX_PATTERN_PROPERTIES} patterns on the regular path")
+            # too many regions: undeclared keys take any value, the semantic checks the rest
+            self.relax("patternProperties", _pointer_join(ptr, "patternProperties"))
+            patterns, add = [], True
         members: list[tuple[str, Node]] = []
         for name, sub in props.items():
             # a declared name also meets every patternProperties schema whose pattern it matches
@@ -899,11 +964,13 @@ class _Compiler:
                         nxt[(False, c)] = alt(take_rest, t[(False, c)])
                 t = nxt
             body = t[(True, 0)]
+        elif n > MAX_ANY_ORDER_PROPERTIES:
+            # too many orders to unroll: any sequence of members, each a declared or additional
+            # one; the semantic checks enforce required keys, counts and no repeated key
+            self.relax("properties", "")
+            member = alt(*kvs, *([add_kv] if add_kv is not None else []))
+            body = opt(seq(member, star(seq(sep, member))))
         else:
-            if n > 10:
-                raise UnsupportedSchemaError(
-                    "properties", "", f"property_order='any' with {n} properties (at most 10 on the regular path)"
-                )
             memo: dict[tuple[frozenset[int], bool, int], Node] = {}
             rule_id = len(self.rules)
             lo_n, hi_n = count
@@ -999,4 +1066,30 @@ def schema_to_grammar(
     g.json_schema = value
     g.pydantic_model = model  # type: ignore[attr-defined]
     g.validator = c.validator_cls(c.root, registry=c.registry)  # type: ignore[attr-defined]
+    from grammars.json_semantic import SchemaChecks
+
+    def checks(relaxed: list[tuple[str, str]]) -> SchemaChecks:
+        return SchemaChecks(
+            c.root, validator_cls=c.validator_cls, registry=c.registry,
+            lookup=lambda uri: c._lookup(uri, ""), draft=c.draft,
+            relaxed=list(dict.fromkeys(relaxed)), documents=[c.root, *(registry or {}).values()])
+
+    if c.relaxed:
+        g.semantic = checks(c.relaxed)
+
+    def fallback() -> Grammar:
+        """A grammar for when this one's automaton is too large: any JSON value of the root's
+        types (nesting bounded by ``max_any_depth``), every keyword left to the semantic checks."""
+        root_type = c.root.get("type") if isinstance(c.root, dict) else None
+        loose = {"type": root_type} if isinstance(root_type, (str, list)) else True
+        out = schema_to_grammar(loose, whitespace=whitespace, property_order=property_order,
+                                max_any_depth=max_any_depth, max_whitespace=max_whitespace)
+        out.source = g.source
+        out.json_schema = value
+        out.pydantic_model = model  # type: ignore[attr-defined]
+        out.validator = g.validator  # type: ignore[attr-defined]
+        out.semantic = checks([*c.relaxed, ("*", "")])
+        return out
+
+    g.fallback = fallback  # type: ignore[attr-defined]
     return g

@@ -169,6 +169,11 @@ def schema_lang(schema: Any) -> Lang:
             schema = TypeAdapter(schema).json_schema()
         schema = _closed(schema)
     g = Grammar.from_json_schema(schema)
+    if g.semantic is not None:
+        keyword, pointer = g.semantic.relaxed[0]
+        raise UnsupportedConstraintError(
+            f"a query hole's type must be a regular language: the schema's {keyword!r} at "
+            f"{pointer or '/'!r} needs the semantic checks of generate(schema=...)")
     try:
         return build_dfa(g.rules)
     except EmptyLanguageError:

@@ -159,3 +159,31 @@ def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
         with pytest.raises(peers.CompileError):
             engine.compile({"type": "object", "properties": {"a": {"type": "integer", "minimum": 5,
                                                                      "maximum": 1}}, "required": ["a"]})
+
+
+@pytest.mark.model
+def test_jsonschemabench_runner_resumes_and_summarizes(tmp_path, smollm2_tokenizer):
+    """Two dev-slice schemas through ``python -m decoding bench jsonschemabench``: records per
+    engine and schema in JSON lines, a rerun reuses them, the summary counts match."""
+    from bench import jsonschemabench as jsb
+    from decoding.cli import main as cli_main
+
+    out = tmp_path / "jsb"
+    argv = ["jsonschemabench", "--subset", "Glaiveai2K", "--limit", "2", "--engine", "ours",
+            "--engine", "xgrammar", "--max-tokens", "24", "--out", str(out)]
+    assert cli_main(["bench", *argv]) == 0
+    lines = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert {(r["engine"], r["schema"]) for r in lines} == {
+        (e, p.name) for e in ("ours", "xgrammar") for _, _, p in jsb.iter_schemas(["Glaiveai2K"], 2)}
+    for r in lines:
+        assert r["declared"] and r["finish"] in ("stop", "length") and r["tokens"] <= 24
+        assert r["valid"] == (r["finish"] == "stop" and jsb._valid(
+            json.loads(next(p for _, n, p in jsb.iter_schemas(["Glaiveai2K"], 2)
+                            if n == r["schema"]).read_text()), r["text"]))
+        assert r["ttft_s"] >= r["compile_s"] > 0
+    assert cli_main(["bench", *argv]) == 0  # resumed: nothing new is appended
+    assert len(out.with_suffix(".jsonl").read_text().splitlines()) == len(lines)
+    summary = json.loads(Path(f"{out}.json").read_text())
+    assert summary["engines"]["ours"]["declared"] == 2
+    assert Path(f"{out}.md").read_text().count("| ours |") == 1
+    assert Path(f"{out}.png").stat().st_size > 0

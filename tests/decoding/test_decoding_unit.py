@@ -128,7 +128,10 @@ def test_cli_unreadable_schema_and_bad_options(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{not json")
     assert main(["generate", "--schema", str(tmp_path / "broken.json"), "p"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert main(["bench"]) == 2
+    for argv in (["bench"], ["bench", "no-such-benchmark"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
         main(["generate", "--regex", "a", "--choices", "a", "p"])
     assert info.value.code == 2

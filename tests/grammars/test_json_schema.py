@@ -105,23 +105,13 @@ def test_whitespace_modes(byte_vocab):
     assert not _matches(flexible, byte_vocab, "[1," + " " * 40 + "2]")  # bounded
 
 
-@pytest.mark.parametrize(
-    ("schema", "keyword", "pointer"),
-    [
-        ({"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}, "uniqueItems", "/properties/x/uniqueItems"),
-        ({"properties": {"a": {"not": {"type": "string"}}}}, "not", "/properties/a/not"),
-        ({"type": "integer", "multipleOf": 0.123456789}, "multipleOf", "/multipleOf"),
-        ({"patternProperties": {f"^x{i}": {} for i in range(5)}}, "patternProperties", "/patternProperties"),
-        ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf", "/oneOf"),
-        ({"type": "string", "pattern": "(a)\\1"}, "pattern", "/pattern"),
-    ],
-)
-def test_unsupported_keywords_name_keyword_and_pointer(schema, keyword, pointer):
+def test_unsupported_regex_names_keyword_and_pointer():
     with pytest.raises(UnsupportedSchemaError) as e:
-        grammars.compile(Grammar.from_json_schema(schema), grammars.Vocabulary.byte_level())
-    assert e.value.keyword == keyword
-    assert e.value.pointer == pointer
-    assert keyword in str(e.value)
+        grammars.compile(Grammar.from_json_schema({"type": "string", "pattern": "(a)\\1"}),
+                         grammars.Vocabulary.byte_level())
+    assert e.value.keyword == "pattern"
+    assert e.value.pointer == "/pattern"
+    assert "pattern" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -276,9 +266,9 @@ def test_multiple_of_merges_and_refuses_huge_automata(byte_vocab):
     for text, ok in (("12", True), ("24", True), ("8", False), ("18", False), ('"s"', True)):
         m = c.matcher()
         assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
-    with pytest.raises(UnsupportedSchemaError) as e:
-        Grammar.from_json_schema({"properties": {"x": {"multipleOf": 0.123456789}}})
-    assert e.value.keyword == "multipleOf" and e.value.pointer == "/properties/x/multipleOf"
+    # a divisor whose automaton is too large: the grammar drops it, the checks enforce it
+    g = Grammar.from_json_schema({"properties": {"x": {"multipleOf": 0.123456789}}})
+    assert ("multipleOf", "/properties/x/multipleOf") in g.semantic.relaxed
 
 
 @pytest.mark.parametrize(
@@ -345,12 +335,6 @@ def test_pattern_properties_agree_with_jsonschema(byte_vocab):
             seen[ok] += 1
     assert seen[True] > 20 and seen[False] > 20
 
-
-def test_too_many_pattern_properties_is_a_typed_error():
-    schema = {"patternProperties": {f"^p{i}": {} for i in range(6)}}
-    with pytest.raises(UnsupportedSchemaError) as e:
-        Grammar.from_json_schema(schema)
-    assert e.value.keyword == "patternProperties" and e.value.pointer == "/patternProperties"
 
 
 @pytest.mark.parametrize("order", ["schema", "any"])

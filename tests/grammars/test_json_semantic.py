@@ -1,0 +1,212 @@
+"""Semantic checks: keywords the grammar relaxes are enforced exactly when values complete.
+
+Verdicts are compared with python-jsonschema on random documents (through ``accept_bytes`` and
+through a multi-byte token vocabulary), masks are compared with ``check_token``, and invalid
+values are refused at the token that completes them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import numpy as np
+import pytest
+
+import grammars
+from grammars import Grammar
+from grammars.json_semantic import CheckedCompiledGrammar
+
+SEMANTIC = [
+    {"type": "array", "items": {"type": "integer", "maximum": 3}, "uniqueItems": True},
+    {"type": "array", "uniqueItems": True, "maxItems": 4},
+    {"not": {"type": "array", "minItems": 2}},
+    {"items": {"not": {"const": 1}}},
+    {"oneOf": [{"type": "integer", "minimum": 2}, {"type": "number", "maximum": 3}]},
+    {"if": {"properties": {"a": {"const": 1}}, "required": ["a"]},
+     "then": {"required": ["b"]}, "else": {"maxProperties": 1}},
+    {"type": "array", "contains": {"type": "string"}, "maxContains": 2},
+    {"type": "object", "dependentRequired": {"a": ["b"], "c": ["a"]}},
+    {"dependentSchemas": {"a": {"properties": {"b": {"type": "integer"}}}}},
+    {"properties": {"a": {"type": "integer"}}, "patternProperties": {"^b": {"type": "string"}},
+     "unevaluatedProperties": False},
+    {"prefixItems": [{"type": "integer"}], "unevaluatedItems": {"type": "string"}},
+    {"$defs": {"node": {"$dynamicAnchor": "n", "type": "array", "items": {"$dynamicRef": "#n"}}},
+     "$ref": "#/$defs/node"},
+    {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}},
+     "required": ["xs"]},
+]
+
+_KEYS = ["a", "b", "c", "bx", "xs"]
+_SCALARS = [None, True, False, 0, 1, 1.0, 2, 3, 4, -1, 2.5, "a", "b", ""]
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    r = rng.random() * (0.8 if depth == 0 else 1.0) + (0.2 if depth == 0 else 0.0)
+    if depth >= 3 or r < 0.45:
+        return rng.choice(_SCALARS)
+    if r < 0.75:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = rng.sample(_KEYS, rng.randint(0, 3))
+    return {k: _random_value(rng, depth + 1) for k in keys}
+
+
+def _multi_byte_vocab() -> grammars.Vocabulary:
+    extra = [b"],", b'"a"', b"1,", b"},{", b"[1", b"null", b'",', b'":', b'{"', b"1]", b'"]',
+             b"true", b'"b":', b"2,", b", "]
+    toks = [bytes([i]) for i in range(256)] + extra + [b"</s>"]
+    return grammars.Vocabulary(toks, eos_token_id=len(toks) - 1)
+
+
+def _tokenize(vocab: grammars.Vocabulary, data: bytes) -> list[int]:
+    """Greedy longest-match tokenization (the single bytes guarantee it succeeds)."""
+    by_bytes = {t: i for i, t in enumerate(vocab.tokens) if not vocab.special[i]}
+    longest = max(len(t) for t in by_bytes)
+    out, i = [], 0
+    while i < len(data):
+        for n in range(min(longest, len(data) - i), 0, -1):
+            if data[i:i + n] in by_bytes:
+                out.append(by_bytes[data[i:i + n]])
+                i += n
+                break
+    return out
+
+
+@pytest.mark.parametrize("index", range(len(SEMANTIC)))
+def test_verdicts_equal_jsonschema_on_random_documents(index):
+    schema = SEMANTIC[index]
+    g = Grammar.from_json_schema(schema, whitespace="flexible", property_order="any")
+    assert g.semantic is not None and g.semantic.relaxed
+    byte_c = grammars.compile(g, grammars.Vocabulary.byte_level())
+    vocab = _multi_byte_vocab()
+    tok_c = grammars.compile(g, vocab)
+    assert isinstance(byte_c, CheckedCompiledGrammar)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    rng = random.Random(index)
+    seen = {True: 0, False: 0}
+    for _ in range(600):
+        doc = _random_value(rng)
+        text = json.dumps(doc, separators=(",", ":")).encode()
+        want = validator.is_valid(doc)
+        m = byte_c.matcher()
+        got = m.accept_bytes(text) and m.is_accepting()
+        assert got == want, (schema, text)
+        mt = tok_c.matcher()
+        got_tokens = all(mt.accept_token(t) for t in _tokenize(vocab, text)) and mt.is_accepting()
+        assert got_tokens == want, (schema, text)
+        seen[want] += 1
+    assert seen[True] >= 10 and seen[False] >= 10, seen
+
+
+@pytest.mark.parametrize("index", [0, 3, 5, 6, 9])
+def test_masks_equal_check_token_along_walks(index):
+    g = Grammar.from_json_schema(SEMANTIC[index], whitespace="flexible", property_order="any")
+    vocab = _multi_byte_vocab()
+    c = grammars.compile(g, vocab)
+    rng = random.Random(7)
+    words = np.zeros((1, (vocab.size + 31) // 32), dtype=np.int32)
+    steps = 0
+    for _ in range(6):
+        m = c.matcher()
+        for _ in range(30):
+            m.fill_next_token_bitmask(words)
+            bits = np.unpackbits(words[0].view(np.uint8), bitorder="little")[: vocab.size]
+            for t in range(vocab.size):
+                assert bool(bits[t]) == m.check_token(t), (index, t)
+            allowed = np.flatnonzero(bits)
+            if len(allowed) == 0 or m.is_terminated():
+                break
+            assert m.accept_token(int(rng.choice(allowed)))
+            steps += 1
+    assert steps > 30
+
+
+def test_invalid_values_are_refused_at_the_completing_token():
+    byte = grammars.Vocabulary.byte_level()
+    c = grammars.compile(Grammar.from_json_schema({"type": "array", "uniqueItems": True}), byte)
+    m = c.matcher()
+    assert m.accept_bytes(b"[1,1")  # "1" may still become "12"
+    assert not m.check_token(ord(",")) and not m.check_token(ord("]"))
+    assert m.check_token(ord("2"))
+    m = c.matcher()
+    assert m.accept_bytes(b'["a","a')
+    assert not m.check_token(ord('"')) and m.check_token(ord("b"))
+    # not: the string completes at its quote
+    c = grammars.compile(Grammar.from_json_schema({"properties": {"k": {"not": {"const": "x"}}}}), byte)
+    m = c.matcher()
+    assert m.accept_bytes(b'{"k":"x')
+    assert not m.check_token(ord('"'))
+    # EOS only once the whole document is valid
+    c = grammars.compile(Grammar.from_json_schema({"minContains": 2, "contains": {"const": 1}}), byte)
+    m = c.matcher()
+    assert m.accept_bytes(b"[1") and not m.check_token(ord("]"))  # the root closes invalid
+    assert m.accept_bytes(b",1") and m.accept_bytes(b"]") and m.is_accepting()
+    c = grammars.compile(Grammar.from_json_schema({"not": {"multipleOf": 3}}), byte)
+    m = c.matcher()
+    assert m.accept_bytes(b"12") and not m.is_accepting()  # a root number completes at EOS
+    assert not m.check_token(byte.eos_token_id) and m.check_token(ord("1"))
+    assert m.accept_bytes(b"1") and m.is_accepting()
+
+
+def test_repeated_keys_are_refused_when_checks_run():
+    byte = grammars.Vocabulary.byte_level()
+    c = grammars.compile(Grammar.from_json_schema({"type": "object", "dependentRequired": {}}), byte)
+    m = c.matcher()
+    assert m.accept_bytes(b'{"a":1,"a')
+    assert not m.check_token(ord('"'))
+
+
+def test_fork_and_rollback_keep_the_checks():
+    byte = grammars.Vocabulary.byte_level()
+    c = grammars.compile(Grammar.from_json_schema({"type": "array", "uniqueItems": True}), byte)
+    m = c.matcher()
+    for b in b"[1,2":
+        assert m.accept_token(b)
+    f = m.fork()
+    assert f.accept_token(ord("]")) and f.is_accepting()
+    assert m.accept_token(ord(",")) and m.accept_token(ord("1"))
+    assert not m.check_token(ord("]"))
+    m.rollback(2)
+    assert m.check_token(ord("]"))
+    assert f.is_accepting()
+
+
+def test_too_large_automata_fall_back_to_the_checks():
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3000},
+                                               "b": {"type": "integer", "minimum": 3}},
+              "required": ["a", "b"], "additionalProperties": False}
+    g = Grammar.from_json_schema(schema)
+    byte = grammars.Vocabulary.byte_level()
+    c = grammars.compile(g, byte, max_states=2000, cache=False)
+    assert isinstance(c, CheckedCompiledGrammar)
+    assert ("*", "") in c.checks.relaxed
+    for text, ok in (('{"a":"x","b":3}', True), ('{"a":"x","b":2}', False), ('{"a":"x"}', False),
+                     ('{"a":"x","b":3,"c":1}', False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword", "pointer"),
+    [
+        ({"type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}, "uniqueItems", "/properties/x/uniqueItems"),
+        ({"properties": {"a": {"not": {"minLength": 2}}}}, "not", "/properties/a/not"),
+        ({"type": "integer", "multipleOf": 0.123456789}, "multipleOf", "/multipleOf"),
+        ({"patternProperties": {f"^x{i}": {} for i in range(5)}}, "patternProperties", "/patternProperties"),
+        ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf", "/oneOf"),
+        ({"properties": {"d": {"dependentRequired": {"a": ["b"]}}}}, "dependentRequired", "/properties/d/dependentRequired"),
+    ],
+)
+def test_relaxed_keywords_are_recorded_with_their_pointer(schema, keyword, pointer):
+    g = Grammar.from_json_schema(schema)
+    assert (keyword, pointer) in g.semantic.relaxed
+
+
+def test_exact_keywords_need_no_checks():
+    for schema in ({"type": "object", "properties": {"a": {"type": "integer"}}},
+                   {"not": {"type": "string"}},
+                   {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                   {"if": {"type": "string"}}):
+        g = Grammar.from_json_schema(schema)
+        assert g.semantic is None, schema
