@@ -80,6 +80,8 @@ class _Lowering:
         self.terminals: list[Dfa] = []
         self.term_of: dict[bytes, int] = {}
         self.clean = {k: v for k, v in self.rules.items() if k not in self.recursive}
+        self._lowered: dict[int, list[int]] = {}  # id(node) -> its symbols (nodes live in rules)
+        self._run_symbols: dict[tuple[int, ...], list[int]] = {}
 
     # -- symbols --
     def nonterminal(self, name: str) -> int:
@@ -142,7 +144,11 @@ class _Lowering:
 
         def flush() -> None:
             if run:
-                out.extend(self.terminal_symbols(seq(*run)))
+                key = tuple(id(x) for x in run)
+                syms = self._run_symbols.get(key)
+                if syms is None:
+                    syms = self._run_symbols[key] = self.terminal_symbols(seq(*run))
+                out.extend(syms)
                 run.clear()
 
         def visit(n: Node) -> None:
@@ -154,6 +160,17 @@ class _Lowering:
                     visit(i)
                 return
             flush()
+            # a node shared in the rules' DAG is lowered once (its symbols do not depend on
+            # where it occurs); without this, nested optional members expand exponentially
+            hit = self._lowered.get(id(n))
+            if hit is not None:
+                out.extend(hit)
+                return
+            first = len(out)
+            lower_shared(n)
+            self._lowered[id(n)] = out[first:]
+
+        def lower_shared(n: Node) -> None:
             if isinstance(n, Ref):
                 out.append(self.nonterminal(n.name))
             elif isinstance(n, Alt):
