@@ -5,6 +5,7 @@ automaton over a model's vocabulary, and the Matcher that fills next-token bitma
 """
 
 from grammars.errors import (
+    CompileTimeoutError,
     EmptyLanguageError,
     GrammarError,
     GrammarTooLargeError,
@@ -25,6 +26,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CompileTimeoutError",
     "CompiledGrammar",
     "EmptyLanguageError",
     "Grammar",

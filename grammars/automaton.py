@@ -13,12 +13,16 @@ is the start state.
 
 from __future__ import annotations
 
+import threading
+import time
 from bisect import bisect_left
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from grammars.errors import EmptyLanguageError, GrammarTooLargeError
+from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
 
 __all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
@@ -43,6 +47,8 @@ class _Nfa:
         self.max_states = max_states
 
     def new(self) -> int:
+        if not len(self.eps) & 4095:
+            check_deadline()
         if len(self.eps) >= self.max_states * 8:
             raise GrammarTooLargeError(
                 f"the grammar's automaton exceeds {self.max_states * 8} NFA states"
@@ -202,6 +208,31 @@ def _closure_fn(nfa: _Nfa):
     return closure
 
 
+_DEADLINE = threading.local()
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Within the block, automaton construction raises ``CompileTimeoutError`` once ``seconds``
+    have passed (checked cooperatively in the NFA, subset and minimization loops)."""
+    old = getattr(_DEADLINE, "at", None)
+    _DEADLINE.at = None if seconds is None else time.perf_counter() + seconds
+    if old is not None and _DEADLINE.at is not None:
+        _DEADLINE.at = min(old, _DEADLINE.at)
+    elif old is not None:
+        _DEADLINE.at = old
+    try:
+        yield
+    finally:
+        _DEADLINE.at = old
+
+
+def check_deadline() -> None:
+    at = getattr(_DEADLINE, "at", None)
+    if at is not None and time.perf_counter() > at:
+        raise CompileTimeoutError("compiling the grammar took longer than its time limit")
+
+
 def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
     """Subset construction of the grammar's start rule. Raises NotRegularError if recursive,
     EmptyLanguageError if it matches nothing, GrammarTooLargeError past ``max_states``."""
@@ -226,6 +257,8 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
     by_targets: dict[frozenset[int], int] = {}
     i = 0
     while i < len(sets):
+        if not i & 255:
+            check_deadline()
         cur = sets[i]
         row = np.full(256, -1, dtype=np.int32)
         es = [e for s in cur for e in edges[s]]
@@ -414,6 +447,7 @@ def minimize(dfa: Dfa) -> Dfa:
 
     exact = False
     while True:
+        check_deadline()
         new = refine(cls, exact)
         n_new = int(new.max()) + 1
         if n_new == n_cls:

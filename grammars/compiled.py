@@ -27,6 +27,8 @@ from grammars.vocab import Vocabulary
 __all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
 
 _CACHE_VERSION = "1"
+#: Seconds ``compile`` may take by default (``timeout=None``: no limit).
+DEFAULT_TIMEOUT = 10.0
 _MEMORY_CACHE: dict[tuple[str, str], CompiledGrammar] = {}
 _DFA_CACHE: dict[str, Dfa] = {}  # byte DFAs are vocabulary-independent
 _LOCK = threading.Lock()
@@ -315,32 +317,61 @@ def compile(
     max_states: int = DEFAULT_MAX_STATES,
     eager_states: int = 20_000,
     cache: bool = True,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> CompiledGrammar:
     """Compile ``grammar`` against ``vocab`` into a token automaton.
 
     Cached in memory and on disk, keyed by the grammar's and the vocabulary's fingerprints. Raises
     ``GrammarError`` subclasses (typed, at compile time): ``EmptyLanguageError`` when nothing
-    matches, ``GrammarTooLargeError`` past ``max_states`` DFA states (a JSON Schema grammar then
-    falls back to any value of its root types, exact through its checks). A JSON Schema grammar with
+    matches, ``GrammarTooLargeError`` past ``max_states`` DFA states and its subclass
+    ``CompileTimeoutError`` past ``timeout`` seconds (a JSON Schema grammar then falls back, after
+    60% of the time limit, to any value of its root types, exact through its checks). A JSON Schema grammar with
     semantic checks (``grammar.semantic``, see :mod:`grammars.json_semantic`) comes back as a
     ``CheckedCompiledGrammar`` whose matchers run them.
     """
+    fallback = getattr(grammar, "fallback", None)
+    t0 = time.perf_counter()
     try:
-        inner = _compile_rules(grammar, vocab, max_states=max_states, eager_states=eager_states,
-                               cache=cache)
+        # a JSON Schema keeps 40% of the time limit for its fallback grammar
+        first = None if timeout is None else timeout * (0.6 if fallback is not None else 1.0)
+        inner = _compile_deep(grammar, vocab, max_states=max_states, eager_states=eager_states,
+                              cache=cache, timeout=first)
     except GrammarTooLargeError:
-        fallback = getattr(grammar, "fallback", None)
         if fallback is None:
             raise
         grammar = fallback()  # a JSON Schema: a looser grammar, exact through the checks
-        inner = _compile_rules(grammar, vocab, max_states=max_states, eager_states=eager_states,
-                               cache=cache)
+        rest = None if timeout is None else max(0.5, timeout - (time.perf_counter() - t0))
+        inner = _compile_deep(grammar, vocab, max_states=max_states, eager_states=eager_states,
+                              cache=cache, timeout=rest)
+        inner.compile_seconds = time.perf_counter() - t0
     checks = getattr(grammar, "semantic", None)
     if checks is None:
         return inner
     from grammars.json_semantic import CheckedCompiledGrammar
 
     return CheckedCompiledGrammar(inner, checks, grammar)  # type: ignore[return-value]
+
+
+def _compile_deep(grammar: Grammar, vocab: Vocabulary, *, timeout: float | None,
+                  **kw: Any) -> CompiledGrammar:
+    """``_compile_rules`` under the time limit; a grammar nested past Python's recursion limit is
+    retried once on a thread with a deep stack, then reported as ``GrammarTooLargeError``."""
+    from grammars.automaton import deadline
+
+    def run() -> CompiledGrammar:
+        with deadline(timeout):
+            return _compile_rules(grammar, vocab, **kw)
+
+    try:
+        return run()
+    except RecursionError:
+        pass
+    from grammars.deep import run_deep
+
+    try:
+        return run_deep(run)
+    except RecursionError:
+        raise GrammarTooLargeError("the grammar nests too deeply") from None
 
 
 def _compile_rules(

@@ -8,6 +8,7 @@ never an exception.
 from __future__ import annotations
 
 __all__ = [
+    "CompileTimeoutError",
     "EmptyLanguageError",
     "GrammarError",
     "GrammarTooLargeError",
@@ -83,3 +84,7 @@ class EmptyLanguageError(GrammarError):
 
 class GrammarTooLargeError(GrammarError):
     """The automaton would exceed the configured state budget (reported, never silently cut)."""
+
+
+class CompileTimeoutError(GrammarTooLargeError):
+    """Compiling took longer than the time limit (``compile(..., timeout=...)``)."""

@@ -49,7 +49,6 @@ from urllib.parse import urldefrag, urljoin
 from grammars import charclass as cc
 from grammars.errors import (
     EmptyLanguageError,
-    GrammarError,
     InvalidSchemaError,
     UnsupportedSchemaError,
 )
@@ -1035,6 +1034,20 @@ def read_schema(schema: Any) -> tuple[Any, Any]:
     return schema, model
 
 
+def _lower_deep(c: _Compiler) -> Node:
+    """Lower the root again on a thread with a deep stack (schemas nested past Python's recursion
+    limit); still too deep is an ``UnsupportedSchemaError``."""
+    from grammars.deep import run_deep
+
+    c.rules.clear()
+    c.ref_rules.clear()
+    c.inlining.clear()
+    try:
+        return run_deep(lambda: c.node(c.root, ""))
+    except RecursionError:
+        raise UnsupportedSchemaError("$ref", "", "schema nests too deeply") from None
+
+
 def schema_to_grammar(
     schema: Any,
     *,
@@ -1057,9 +1070,7 @@ def schema_to_grammar(
     try:
         start = c.node(c.root, "")
     except RecursionError:
-        raise UnsupportedSchemaError("$ref", "", "schema nests too deeply for the regular path") from None
-    except GrammarError:
-        raise
+        start = _lower_deep(c)
     rules = dict(c.rules)
     rules["start"] = start
     g = Grammar(Rules(rules, "start"), kind="json_schema", source=value)
@@ -1068,11 +1079,12 @@ def schema_to_grammar(
     g.validator = c.validator_cls(c.root, registry=c.registry)  # type: ignore[attr-defined]
     from grammars.json_semantic import SchemaChecks
 
-    def checks(relaxed: list[tuple[str, str]]) -> SchemaChecks:
+    def checks(relaxed: list[tuple[str, str]], *, strict: bool = False) -> SchemaChecks:
         return SchemaChecks(
             c.root, validator_cls=c.validator_cls, registry=c.registry,
             lookup=lambda uri: c._lookup(uri, ""), draft=c.draft,
-            relaxed=list(dict.fromkeys(relaxed)), documents=[c.root, *(registry or {}).values()])
+            relaxed=list(dict.fromkeys(relaxed)), documents=[c.root, *(registry or {}).values()],
+            strict=strict)
 
     if c.relaxed:
         g.semantic = checks(c.relaxed)
@@ -1088,7 +1100,7 @@ def schema_to_grammar(
         out.json_schema = value
         out.pydantic_model = model  # type: ignore[attr-defined]
         out.validator = g.validator  # type: ignore[attr-defined]
-        out.semantic = checks([*c.relaxed, ("*", "")])
+        out.semantic = checks([*c.relaxed, ("*", "")], strict=True)
         return out
 
     g.fallback = fallback  # type: ignore[attr-defined]

@@ -80,13 +80,17 @@ class SchemaChecks:
     """
 
     def __init__(self, root: Any, *, validator_cls: Any, registry: Any, lookup: Any, draft: int,
-                 relaxed: list[tuple[str, str]], documents: list[Any]) -> None:
+                 relaxed: list[tuple[str, str]], documents: list[Any], strict: bool = False) -> None:
         self.root = root
         self.validator_cls = validator_cls
         self.registry = registry
         self.lookup = lookup
         self.draft = draft
         self.relaxed = relaxed
+        # strict: the grammar enforces (almost) nothing (the fallback): every subschema that must
+        # apply is checked when its value completes, and undeclared keys under
+        # additionalProperties: false are refused when the key completes
+        self.strict = strict
         self.per_path = not any(_walk(d, frozenset(["$dynamicRef", "$recursiveRef"])) for d in documents)
         self._root_validator = validator_cls(root, registry=registry)
         self._validators: dict[int, Any] = {}
@@ -166,7 +170,7 @@ class SchemaChecks:
                 if s is False:
                     whole.append(s)
                     continue
-                if not SEMANTIC_KEYWORDS & s.keys():
+                if not (SEMANTIC_KEYWORDS & s.keys() or (self.strict and s)):
                     continue
                 whole.append(s)
                 if s.get("uniqueItems") is True:
@@ -211,6 +215,21 @@ class SchemaChecks:
         schemas = self.schemas_at(path)[1]
         return not schemas or self._valid(schemas, raw_prefix + b"]", (1, path, raw_prefix))
 
+    def key_ok(self, path: tuple, key: str) -> bool:
+        """Whether the object at ``path`` may hold ``key`` (``additionalProperties: false``)."""
+        hit = self._verdicts.get((3, path, key))
+        if hit is None:
+            hit = True
+            for s in self._must_apply(path) if self.per_path else ():
+                if isinstance(s, dict) and s.get("additionalProperties") is False:
+                    declared = key in (s.get("properties") or {})
+                    patterned = any(_search(p, key) for p in (s.get("patternProperties") or {}))
+                    if not (declared or patterned):
+                        hit = False
+                        break
+            self._verdicts[(3, path, key)] = hit
+        return hit
+
     def document_ok(self, raw: bytes) -> bool:
         """Whether the whole text ``raw`` is a JSON document valid against the root schema."""
         key = (2, raw.strip())
@@ -247,7 +266,7 @@ class SchemaChecks:
                         if kind == "key":
                             k = json.loads(text[start:j + 1])
                             top = frames[-1]
-                            if k in top[5]:
+                            if k in top[5] or (self.strict and not self.key_ok(top[2], k)):
                                 return None
                             frames = frames[:-1] + ((top[0], top[1], top[2], top[3], k, top[5] | {k}),)
                         elif not self._done(frames, text, start, j + 1):
@@ -317,6 +336,13 @@ class SchemaChecks:
         if scal[0] == "lit":
             return token_classes.any
         return token_classes.quote
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return True  # unknown to Python: do not refuse on it
 
 
 def _child(frames: tuple) -> tuple:

@@ -11,7 +11,8 @@ Semantics (documented choices):
   terminators ``\\n \\r \\u2028 \\u2029`` (``dialect="ecma"``).
 - ``mode="fullmatch"``: the regex must match the whole string (``^``/``$`` at the ends are no-ops).
   ``mode="search"`` (JSON Schema ``pattern``): the regex may match anywhere unless anchored; ``^``
-  and ``$`` are honoured at the start/end of the pattern or of a top-level alternative.
+  and ``$`` are honoured at the start/end of the pattern or of a top-level alternative (a trailing
+  group or alternation holding anchors is spread into top-level alternatives first).
 - Unsupported constructs raise :class:`UnsupportedRegexError` naming the construct: backreferences,
   lookaround, word boundaries, anchors inside groups, atomic groups, possessive quantifiers, and
   flags (``(?i)`` etc.). Syntax errors raise :class:`RegexSyntaxError` with the position.
@@ -193,6 +194,30 @@ def regex_to_node(
         raise UnsupportedRegexError("flags", pattern)
     low = _Lowering(pattern, encoder, dialect)
     items = list(parsed)
-    if len(items) == 1 and items[0][0] is _c.BRANCH:
-        return alt(*(low.branch(b, mode) for b in items[0][1][1]))
-    return low.branch(items, mode)
+    tops = list(items[0][1][1]) if len(items) == 1 and items[0][0] is _c.BRANCH else [items]
+    return alt(*(low.branch(b, mode) for top in tops for b in _distribute(list(top))))
+
+
+def _has_anchor(items: list) -> bool:
+    for op, av in items:
+        if op is _c.AT and (av in _BEGIN or av in _END):
+            return True
+        if op is _c.SUBPATTERN and _has_anchor(list(av[3])):
+            return True
+        if op is _c.BRANCH and any(_has_anchor(list(b)) for b in av[1]):
+            return True
+    return False
+
+
+def _distribute(items: list) -> list[list]:
+    """Alternatives of a top-level sequence whose last item is a group or an alternation holding
+    anchors (``^(a|$)``, or ``^$|^x$`` after ``re`` factored out the common ``^``), spread into
+    top-level alternatives, where :meth:`_Lowering.branch` honours their anchors."""
+    if not items:
+        return [items]
+    op, av = items[-1]
+    if op is _c.SUBPATTERN and not av[1] and not av[2] and _has_anchor(list(av[3])):
+        return _distribute(items[:-1] + list(av[3]))
+    if op is _c.BRANCH and any(_has_anchor(list(b)) for b in av[1]):
+        return [x for b in av[1] for x in _distribute(items[:-1] + list(b))]
+    return [items]

@@ -210,3 +210,19 @@ def test_exact_keywords_need_no_checks():
                    {"if": {"type": "string"}}):
         g = Grammar.from_json_schema(schema)
         assert g.semantic is None, schema
+
+
+def test_time_limit_is_a_typed_error_and_json_schemas_fall_back():
+    byte = grammars.Vocabulary.byte_level()
+    with pytest.raises(grammars.CompileTimeoutError):
+        grammars.compile(Grammar.from_regex("(a|b)*a(a|b){16}"), byte, timeout=1e-6, cache=False)
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 300}},
+              "required": ["a"], "additionalProperties": False}
+    c = grammars.compile(Grammar.from_json_schema(schema), byte, timeout=1e-6, cache=False)
+    assert ("*", "") in c.checks.relaxed and c.checks.strict
+    m = c.matcher()
+    assert m.accept_bytes(b'{"a":"x"') and m.accept_bytes(b"}") and m.is_accepting()
+    m = c.matcher()
+    assert m.accept_bytes(b'{"b') and not m.check_token(ord('"'))  # undeclared key refused
+    m = c.matcher()
+    assert m.accept_bytes(b'{"a":1') and not m.check_token(ord("}"))  # wrong type refused

@@ -42,7 +42,7 @@ def test_fullmatch_agrees_with_re(pattern, text):
     assert dfa.matches(text.encode("utf-8")) == expected
 
 
-@pytest.mark.parametrize("pattern", [r"^ab", r"b$", r"x", r"^a|c$", r"^abc$"])
+@pytest.mark.parametrize("pattern", [r"^ab", r"b$", r"x", r"^a|c$", r"^abc$", r"^$|^[ab]x*$", r"^([^a]|$)", r"^(a|b$)"])
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(alphabet="abcx\n", max_size=6))
 def test_search_mode_is_ecma_search(pattern, text):
