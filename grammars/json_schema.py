@@ -271,6 +271,7 @@ class _Compiler:
         self._validators: dict[str, Any] = {}
         self.relaxed: list[tuple[str, str]] = []  # (keyword, pointer) the semantic checks enforce
         self._looked_up: dict[str, tuple[Any]] = {}
+        self._undeclared: dict[tuple, tuple[Any, Any]] = {}  # undeclared_keys by (names, filter)
 
     def relax(self, keyword: str, ptr: str) -> None:
         """Record that the grammar is a superset at ``ptr`` for ``keyword``: the semantic checks
@@ -886,6 +887,14 @@ class _Compiler:
     def undeclared_keys(self, names: list[str], key_filter: Any) -> Any:
         """The DFA of the JSON string texts that are none of ``names`` and are in ``key_filter``
         (a DFA, or None for any), or None when there is no such key."""
+        memo_key = (tuple(sorted(names)), id(key_filter))
+        if memo_key in self._undeclared:
+            return self._undeclared[memo_key][0]
+        out = self._undeclared_keys(names, key_filter)
+        self._undeclared[memo_key] = (out, key_filter)  # keeps key_filter alive: its id is stable
+        return out
+
+    def _undeclared_keys(self, names: list[str], key_filter: Any) -> Any:
         from grammars.automaton import dfa_of, product
 
         key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
