@@ -92,7 +92,6 @@ class SchemaChecks:
         # additionalProperties: false are refused when the key completes
         self.strict = strict
         self.per_path = not any(_walk(d, frozenset(["$dynamicRef", "$recursiveRef"])) for d in documents)
-        self._root_validator = validator_cls(root, registry=registry)
         self._validators: dict[int, Any] = {}
         self._at: dict[tuple, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
         self._verdicts: dict[tuple, bool] = {}
@@ -232,17 +231,7 @@ class SchemaChecks:
 
     def document_ok(self, raw: bytes) -> bool:
         """Whether the whole text ``raw`` is a JSON document valid against the root schema."""
-        key = (2, raw.strip())
-        hit = self._verdicts.get(key)
-        if hit is None:
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                hit = False
-            else:
-                hit = bool(self._root_validator.is_valid(value))
-            self._verdicts[key] = hit
-        return hit
+        return self._valid((self.root,), raw, (2, raw.strip()))
 
     # ---- the scanner --------------------------------------------------------------------------
     def advance(self, state: State, data: bytes) -> State | None:
