@@ -140,19 +140,22 @@ class _Builder:
         if isinstance(node, Automaton):
             n = node.trans.shape[0]
             base = [nfa.new() for _ in range(n)]
-            for s in range(n):
-                row = node.trans[s]
-                if node.accepting[s]:
-                    nfa.eps[base[s]].append(cont)
-                b = 0
-                while b < 256:
-                    t = int(row[b])
-                    e = b
-                    while e + 1 < 256 and row[e + 1] == t:
-                        e += 1
-                    if t >= 0:
-                        nfa.edges[base[s]].append((b, e, base[t]))
-                    b = e + 1
+            for s in np.flatnonzero(node.accepting):
+                nfa.eps[base[s]].append(cont)
+            # one edge per run of equal targets in a row (vectorized over all rows)
+            trans = node.trans
+            starts = np.ones(trans.shape, dtype=bool)
+            starts[:, 1:] = trans[:, 1:] != trans[:, :-1]
+            rows, los = np.nonzero(starts)
+            his = np.empty_like(los)
+            his[:-1] = np.where(rows[1:] == rows[:-1], los[1:] - 1, 255)
+            if len(his):
+                his[-1] = 255
+            targets = trans[rows, los]
+            keep = targets >= 0
+            for s, lo, hi, t in zip(rows[keep].tolist(), los[keep].tolist(), his[keep].tolist(),
+                                    targets[keep].tolist()):
+                nfa.edges[base[s]].append((lo, hi, base[t]))
             return base[0]
         raise TypeError(f"unknown node {type(node).__name__}")
 
@@ -394,6 +397,30 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
     return minimize(_trim(np.stack(rows), acc))
 
 
+def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:
+    """DFA of ``lo`` to ``hi`` repetitions of ``body`` built directly as a chain of copies (a
+    ``maxLength: 1024`` string without unrolling 1024 NFA fragments), or None when ``body`` is not
+    a single unit: its start must not accept and its accepting states must have no way out (one
+    character, say), so that each copy ends exactly where the next begins."""
+    trans, acc = body.trans, body.accepting
+    if acc[0] or (trans[acc] >= 0).any() or not 0 <= lo <= hi or hi == 0:
+        return None
+    inner = np.flatnonzero(~acc)  # start first (index 0 is the start state)
+    m = len(inner)
+    local = np.full(trans.shape[0] + 1, -1, dtype=np.int64)  # body state -> code (+1 for dead)
+    local[inner] = np.arange(m)
+    local[np.flatnonzero(acc)] = -2  # a unit completes: the next copy's start
+    t = local[trans[inner]]  # (m, 256) codes: >= 0 inner, -2 next copy, -1 dead
+    offs = (np.arange(hi, dtype=np.int64) * m)[:, None, None]
+    chain = np.where(t >= 0, t + offs, np.where(t == -2, offs + m, -1))  # (hi, m, 256)
+    n = hi * m + 1
+    out = np.full((n, 256), -1, dtype=np.int32)
+    out[: hi * m] = chain.reshape(hi * m, 256)
+    accepting = np.zeros(n, dtype=bool)
+    accepting[np.arange(lo, hi + 1) * m] = True
+    return minimize(_trim(out, accepting))
+
+
 def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct columns of ``trans`` and each byte's column index (byte equivalence classes).
 
@@ -414,55 +441,23 @@ def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def minimize(dfa: Dfa) -> Dfa:
-    """Moore partition refinement: merge states with the same future (identical masks too).
-
-    Works on the byte-class-compressed table (bytes that every state treats alike share a
-    column). Classes are split by a random floating-point hash of (class, successor classes) per round; the
-    final partition is verified exactly (each state's successor classes equal its class
-    representative's), falling back to exact row comparison in the (never observed) case of a
-    hash collision.
-    """
+    """Merge states with the same future (so identical masks too): Hopcroft's algorithm
+    (:mod:`grammars.hopcroft`) on the byte-class-compressed table (bytes that every state treats
+    alike share a column), the missing transitions going to an explicit dead state."""
     trans, acc = dfa.trans, dfa.accepting
     n = trans.shape[0]
-    if n <= 2:
+    if n <= 1:
         return dfa
+    from grammars.hopcroft import coarsest_partition
+
+    check_deadline()
     cols, _ = _unique_columns(trans)
-    k = cols.shape[1]
-    rng = np.random.default_rng(0x5EED)
-    # integer weights < 2**20 times values < 2**24 summed over <= 257 terms stay below 2**53, so
-    # the float64 matmul (BLAS) is exact whatever its summation order
-    r1 = rng.integers(1, 2**20, size=k + 1).astype(np.float64)
-    cls = acc.astype(np.int64)
+    full = np.vstack([np.where(cols >= 0, cols, n), np.full((1, cols.shape[1]), n, dtype=cols.dtype)])
+    init = np.append(acc.astype(np.int64), 2)  # the dead state is its own block
+    blocks = coarsest_partition(full, init)[:n]
+    _, cls = np.unique(blocks, return_inverse=True)
+    cls = cls.ravel().astype(np.int64)
     n_cls = int(cls.max()) + 1
-
-    def refine(cls: np.ndarray, exact: bool) -> np.ndarray:
-        nxt = np.where(cols >= 0, cls[np.maximum(cols, 0)], -1) + 1  # (n, k), 0 = dead
-        if exact:
-            sig = np.concatenate([cls[:, None], nxt], axis=1)
-            _, new = np.unique(sig, axis=0, return_inverse=True)
-            return new.ravel().astype(np.int64)
-        h = nxt.astype(np.float64) @ r1[:k] + cls.astype(np.float64) * r1[k]
-        _, new = np.unique(h, return_inverse=True)
-        return new.ravel().astype(np.int64)
-
-    exact = False
-    while True:
-        check_deadline()
-        new = refine(cls, exact)
-        n_new = int(new.max()) + 1
-        if n_new == n_cls:
-            # verify: successor classes equal the representative's for every state
-            rep = np.zeros(n_new, dtype=np.int64)
-            rep[new[::-1]] = np.arange(n)[::-1]
-            nxt = np.where(cols >= 0, new[np.maximum(cols, 0)], -1)
-            if (nxt == nxt[rep[new]]).all() and (acc == acc[rep[new]]).all():
-                cls = new
-                break
-            if exact:  # pragma: no cover - cannot happen: exact refinement is stable here
-                raise AssertionError("minimization failed to converge")
-            exact, cls, n_cls = True, acc.astype(np.int64), int(acc.max()) + 1
-            continue
-        cls, n_cls = new, n_new
     if n_cls == n:
         return dfa
     # class of the start state first, then the others

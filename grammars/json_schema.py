@@ -49,6 +49,7 @@ from urllib.parse import urldefrag, urljoin
 from grammars import charclass as cc
 from grammars.errors import (
     EmptyLanguageError,
+    GrammarTooLargeError,
     InvalidSchemaError,
     UnsupportedSchemaError,
 )
@@ -92,6 +93,12 @@ MAX_PATTERN_PROPERTIES = 4
 #: With ``property_order="any"``, objects with more declared properties than this take any
 #: sequence of members in the grammar (each order of a subset would be a state).
 MAX_ANY_ORDER_PROPERTIES = 10
+#: A string's format/pattern/length automata are intersected up to this many states; past it the
+#: grammar keeps the first ones and the semantic checks enforce the rest.
+MAX_STRING_PRODUCT_STATES = 20_000
+#: minLength/maxLength up to this are exact in the grammar; longer bounds are checked when the
+#: string completes (a ``maxLength: 32767`` chain would multiply every automaton it enters).
+MAX_EXACT_LENGTH = 128
 
 
 def _pattern_body(pattern: str, keyword: str, ptr: str) -> Node:
@@ -145,6 +152,22 @@ _SUBSCHEMA_KEYS = {
 _ALL_TYPES = ("null", "boolean", "object", "array", "string", "int", "frac")
 _WS_BYTES = Bytes(((0x09, 0x0A), (0x0D, 0x0D), (0x20, 0x20)))
 _ANY_CHAR = cc.json_string_char_node(cc.ANY)
+
+
+_ANY_CHAR_DFA: list[Any] = []
+
+
+def _length_body(lo: int, hi: int | None) -> Node:
+    """A string body of ``lo`` to ``hi`` characters; a long bounded one as a ready chain DFA."""
+    if hi is None or hi <= 16:
+        return repeat(_ANY_CHAR, lo, None if hi is None else int(hi))
+    from grammars.automaton import bounded_repeat, dfa_of
+
+    if not _ANY_CHAR_DFA:
+        _ANY_CHAR_DFA.append(dfa_of(_ANY_CHAR))
+    dfa = bounded_repeat(_ANY_CHAR_DFA[0], int(lo), int(hi))
+    assert dfa is not None  # one JSON string character is a single unit
+    return Automaton(dfa.trans, dfa.accepting)
 
 
 def _pointer_join(ptr: str, *parts: object) -> str:
@@ -265,7 +288,12 @@ class _Compiler:
         self.max_any_depth = max_any_depth
         self.rules: dict[str, Node] = {}
         self.ref_rules: dict[str, str] = {}
-        self.inlining: list[str] = []
+        self.inlining: list[str] = []  # $refs being inlined by the current _flatten
+        # $refs inlined by _flatten on the lowering path from the root (a schema reached again
+        # through them recurses: allOf[$ref A, ...] inside A would otherwise unfold forever);
+        # ``_ancestors`` of them belong to the enclosing nodes, the rest to the current one
+        self.path_refs: list[str] = []
+        self._ancestors = 0
         self._any_cache: dict[int, Node] = {}
         self._string_body_cache: dict[Any, Node] = {}
         self._validators: dict[str, Any] = {}
@@ -332,11 +360,12 @@ class _Compiler:
         parts.append(base)
         if has_ref:
             uri = s["$ref"]
-            if uri in self.inlining:
+            if uri in self.inlining or uri in self.path_refs[:self._ancestors]:
                 # a recursive reference merged with siblings: the grammar takes any value here
                 self.relax("$ref", ptr)
             else:
                 self.inlining.append(uri)
+                self.path_refs.append(uri)
                 try:
                     target = self._lookup(uri, ptr)
                     parts.append(self._flatten(target, ptr) if isinstance(target, dict) else target)
@@ -462,6 +491,16 @@ class _Compiler:
 
     # ---- lowering -----------------------------------------------------------------------------
     def node(self, s: Any, ptr: str, depth: int = 0) -> Node:
+        """The grammar node of subschema ``s`` (at JSON pointer ``ptr``)."""
+        n0, saved = len(self.path_refs), self._ancestors
+        self._ancestors = n0
+        try:
+            return self._node(s, ptr, depth)
+        finally:
+            del self.path_refs[n0:]
+            self._ancestors = saved
+
+    def _node(self, s: Any, ptr: str, depth: int) -> Node:
         if s is True:
             return self.any_value(self.max_any_depth)
         if s is False:
@@ -716,13 +755,9 @@ class _Compiler:
 
         lo = int(s.get("minLength", 0))
         hi = s.get("maxLength")
-        bodies: list[Node] = []
-        if lo > 0 or hi is not None:
-            if hi is not None and lo > hi:
-                return NOTHING
-            bodies.append(repeat(_ANY_CHAR, lo, None if hi is None else int(hi)))
-        for p in s["__patterns"]:
-            bodies.append(_pattern_body(p, "pattern", _pointer_join(ptr, "pattern")))
+        # (keyword, body) to intersect: formats first (they are never relaxed: jsonschema does not
+        # check formats), then patterns, then the length bound
+        bodies: list[tuple[str, Node]] = []
         for f in s["__formats"]:
             if f not in STANDARD_FORMATS:
                 continue  # custom formats are annotations
@@ -732,15 +767,34 @@ class _Compiler:
                 rx = format_regex(f)
             except KeyError:
                 raise UnsupportedSchemaError("format", _pointer_join(ptr, "format"), f"format {f!r} is not implemented") from None
-            bodies.append(regex_to_node(rx, encoder=json_string_encoder, mode="fullmatch"))
+            bodies.append(("format", regex_to_node(rx, encoder=json_string_encoder, mode="fullmatch")))
+        for p in s["__patterns"]:
+            bodies.append(("pattern", _pattern_body(p, "pattern", _pointer_join(ptr, "pattern"))))
+        if hi is not None and lo > hi:
+            return NOTHING
+        # a long length bound would be a chain of thousands of states in every automaton it
+        # enters: the grammar leaves it to the semantic checks
+        if hi is not None and hi > MAX_EXACT_LENGTH:
+            self.relax("maxLength", _pointer_join(ptr, "maxLength"))
+            hi = None
+        if lo > MAX_EXACT_LENGTH:
+            self.relax("minLength", _pointer_join(ptr, "minLength"))
+            lo = 0
+        if lo > 0 or hi is not None:
+            bodies.append(("maxLength" if hi is not None else "minLength", _length_body(lo, hi)))
         if not bodies:
             return self.string_literal_node(star(_ANY_CHAR))
         if len(bodies) == 1:
-            return self.string_literal_node(bodies[0])
+            return self.string_literal_node(bodies[0][1])
         try:
-            dfa = dfa_of(bodies[0])
-            for b in bodies[1:]:
-                dfa = product(dfa, dfa_of(b))
+            dfa = dfa_of(bodies[0][1])
+            for kw, b in bodies[1:]:
+                try:
+                    dfa = product(dfa, dfa_of(b), max_states=MAX_STRING_PRODUCT_STATES)
+                except GrammarTooLargeError:
+                    # an email of at most 1024 characters: the grammar keeps the format, the
+                    # semantic checks the length (or the extra pattern)
+                    self.relax(kw, _pointer_join(ptr, kw))
         except EmptyLanguageError:
             return NOTHING
         return self.string_literal_node(Automaton(dfa.trans, dfa.accepting))
@@ -1051,6 +1105,8 @@ def _lower_deep(c: _Compiler) -> Node:
     c.rules.clear()
     c.ref_rules.clear()
     c.inlining.clear()
+    c.path_refs.clear()
+    c._ancestors = 0
     try:
         return run_deep(lambda: c.node(c.root, ""))
     except RecursionError:

@@ -87,6 +87,10 @@ class SchemaChecks:
         self.lookup = lookup
         self.draft = draft
         self.relaxed = relaxed
+        # subschemas carrying one of these are checked where their value completes: the
+        # keywords no grammar expresses, and those this grammar relaxed (a length bound next to
+        # a format, anyOf past its branch limit, conflicting allOf values, ...)
+        self.keywords = SEMANTIC_KEYWORDS | {k for k, _ in relaxed if k not in ("$ref", "*")}
         # strict: the grammar enforces (almost) nothing (the fallback): every subschema that must
         # apply is checked when its value completes, and undeclared keys under
         # additionalProperties: false are refused when the key completes
@@ -169,7 +173,7 @@ class SchemaChecks:
                 if s is False:
                     whole.append(s)
                     continue
-                if not (SEMANTIC_KEYWORDS & s.keys() or (self.strict and s)):
+                if not (self.keywords & s.keys() or (self.strict and s)):
                     continue
                 whole.append(s)
                 if s.get("uniqueItems") is True:

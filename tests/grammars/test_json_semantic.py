@@ -173,16 +173,63 @@ def test_fork_and_rollback_keep_the_checks():
 
 
 def test_too_large_automata_fall_back_to_the_checks():
-    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3000},
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 100},
                                                "b": {"type": "integer", "minimum": 3}},
               "required": ["a", "b"], "additionalProperties": False}
     g = Grammar.from_json_schema(schema)
     byte = grammars.Vocabulary.byte_level()
-    c = grammars.compile(g, byte, max_states=2000, cache=False)
+    c = grammars.compile(g, byte, max_states=500, cache=False)
     assert isinstance(c, CheckedCompiledGrammar)
     assert ("*", "") in c.checks.relaxed
     for text, ok in (('{"a":"x","b":3}', True), ('{"a":"x","b":2}', False), ('{"a":"x"}', False),
                      ('{"a":"x","b":3,"c":1}', False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+
+
+def test_long_length_bounds_are_checked_when_the_string_completes():
+    from grammars.json_schema import MAX_EXACT_LENGTH
+
+    n = MAX_EXACT_LENGTH + 72
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": n},
+                                               "b": {"type": "string", "minLength": n}}}
+    g = Grammar.from_json_schema(schema)
+    assert ("maxLength", "/properties/a/maxLength") in g.semantic.relaxed
+    assert ("minLength", "/properties/b/minLength") in g.semantic.relaxed
+    byte = grammars.Vocabulary.byte_level()
+    c = grammars.compile(g, byte, cache=False)
+    plain = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}
+    assert c.n_states == grammars.compile(Grammar.from_json_schema(plain), byte).n_states
+    for key in "ab":
+        for length in (n - 1, n, n + 1):
+            m = c.matcher()
+            assert m.accept_bytes(b'{"%s":"' % key.encode() + b"x" * length)
+            ok = length <= n if key == "a" else length >= n
+            assert m.check_token(ord('"')) == ok, (key, length)
+
+
+def test_a_string_product_past_its_cap_leaves_the_rest_to_the_checks(monkeypatch):
+    import grammars.json_schema as js
+
+    monkeypatch.setattr(js, "MAX_STRING_PRODUCT_STATES", 5)
+    schema = {"type": "string", "format": "date", "pattern": "^2020-", "maxLength": 60}
+    g = Grammar.from_json_schema(schema)
+    assert ("pattern", "/pattern") in g.semantic.relaxed
+    c = grammars.compile(g, grammars.Vocabulary.byte_level(), cache=False)
+    for text, ok in (('"2020-01-02"', True), ('"2021-01-02"', False), ('"2020-13-02"', False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+
+
+def test_recursion_through_allof_is_cut_at_the_reference():
+    # Foo's child must be a Foo (inside allOf): unfolding the merge would never end
+    schema = {"definitions": {"Foo": {"type": "object", "properties": {
+        "child": {"allOf": [{"$ref": "#/definitions/Foo"}, {"type": "object"}]}}}},
+        "properties": {"foo": {"$ref": "#/definitions/Foo"}}}
+    g = Grammar.from_json_schema(schema)
+    assert any(k == "$ref" for k, _ in g.semantic.relaxed)
+    c = grammars.compile(g, grammars.Vocabulary.byte_level(), cache=False)
+    for text, ok in (('{"foo":{"child":{"child":{}}}}', True), ('{"foo":{"child":{"child":1}}}', False)):
         m = c.matcher()
         assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
 

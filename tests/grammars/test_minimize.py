@@ -1,0 +1,79 @@
+"""DFA minimization (Hopcroft, grammars/hopcroft.py) against an exact Moore refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grammars.automaton import Dfa, _trim, minimize, product
+from grammars.errors import EmptyLanguageError
+
+
+def moore_classes(trans: np.ndarray, acc: np.ndarray) -> int:
+    """Number of Myhill-Nerode classes of the live states: exact rounds of refinement by (class,
+    successor classes) until stable (the textbook algorithm, slow but obviously right)."""
+    _, cls = np.unique(acc, return_inverse=True)
+    cls = cls.ravel()
+    while True:
+        nxt = np.where(trans >= 0, cls[np.maximum(trans, 0)], -1)
+        sig = np.concatenate([cls[:, None], nxt], axis=1)
+        _, new = np.unique(sig, axis=0, return_inverse=True)
+        new = new.ravel()
+        if new.max() == cls.max():
+            return int(new.max()) + 1
+        cls = new
+
+
+def random_dfa(rng: np.random.Generator) -> Dfa | None:
+    n = int(rng.integers(3, 80))
+    k = int(rng.integers(1, 6))
+    t = rng.integers(-1, n, size=(n, k)).astype(np.int32)
+    # a few copies of a state's row make merges likely
+    for _ in range(int(rng.integers(0, n))):
+        i, j = rng.integers(0, n, size=2)
+        t[i] = t[j]
+    trans = np.full((n, 256), -1, dtype=np.int32)
+    trans[:, 97:97 + k] = t
+    try:
+        return _trim(trans, rng.random(n) < 0.3)
+    except EmptyLanguageError:
+        return None
+
+
+def same_language(a: Dfa, b: Dfa) -> bool:
+    for x, y in ((a, b), (b, a)):
+        try:
+            product(x, y, op="diff")
+        except EmptyLanguageError:
+            continue
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_minimize_is_minimal_and_keeps_the_language(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    checked = 0
+    while checked < 60:
+        d = random_dfa(rng)
+        if d is None:
+            continue
+        m = minimize(d)
+        assert m.trans.shape[0] == moore_classes(d.trans, d.accepting)
+        assert same_language(d, m)
+        checked += 1
+
+
+def test_long_length_chain_minimizes_in_one_pass() -> None:
+    """A bounded length is a chain of distinguishable states (Moore needs one round per state)."""
+    n = 3000
+    trans = np.full((2 * n, 256), -1, dtype=np.int32)
+    for i in range(2 * n - 1):
+        trans[i, 97] = i + 1  # 'a' * i; every state after n accepts, the two halves mirror
+    acc = np.arange(2 * n) >= n
+    m = minimize(_trim(trans, acc))
+    assert m.trans.shape[0] == 2 * n  # a chain of distinct futures: nothing merges
+    trans2 = trans.copy()
+    trans2[2 * n - 1, 97] = n  # a loop over the accepting half: those states now all merge
+    m2 = minimize(_trim(trans2, acc))
+    assert m2.trans.shape[0] == n + 1
