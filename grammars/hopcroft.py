@@ -35,10 +35,7 @@ def _hopcroft(cols: np.ndarray, init: np.ndarray) -> np.ndarray:  # pragma: no c
             preds[fill[j]] = s
             fill[j] += 1
     # refinable partition: the states of block b are elems[first[b]:end[b]]
-    n_blocks = 0
-    for s in range(n):
-        if init[s] + 1 > n_blocks:
-            n_blocks = init[s] + 1
+    n_blocks = int(init.max()) + 1
     block = init.astype(np.int64)
     counts = np.zeros(n_blocks + 1, dtype=np.int64)
     for s in range(n):
