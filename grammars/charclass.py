@@ -10,6 +10,8 @@ with the escapes ``json.dumps(..., ensure_ascii=False)`` produces (``\\"``, ``\\
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from grammars.ir import Bytes, Node, alt, lit, seq
 
 __all__ = [
@@ -111,9 +113,15 @@ def _utf8_sequences(lo: int, hi: int) -> list[list[tuple[int, int]]]:
 def utf8_node(s: CodepointSet) -> Node:
     """Byte-level node matching the UTF-8 encoding of exactly one code point in ``s``.
 
-    Surrogate code points (never valid in UTF-8) are removed.
+    Surrogate code points (never valid in UTF-8) are removed. Nodes are immutable, so one node per
+    class is built and shared (big schemas ask for the same classes many thousands of times).
     """
-    s = subtract(normalize(s), (SURROGATES,))
+    return _utf8_node(normalize(s))
+
+
+@lru_cache(maxsize=4096)
+def _utf8_node(s: CodepointSet) -> Node:
+    s = subtract(s, (SURROGATES,))
     seqs: list[list[tuple[int, int]]] = []
     for lo, hi in s:
         seqs.extend(_utf8_sequences(lo, hi))
@@ -150,8 +158,13 @@ def _control_escape(cp: int) -> Node:
 
 
 def json_string_char_node(s: CodepointSet) -> Node:
-    """One character of ``s`` as it may appear inside a JSON string literal (escaped as needed)."""
-    s = normalize(s)
+    """One character of ``s`` as it may appear inside a JSON string literal (escaped as needed);
+    shared per class like :func:`utf8_node`."""
+    return _json_string_char_node(normalize(s))
+
+
+@lru_cache(maxsize=4096)
+def _json_string_char_node(s: CodepointSet) -> Node:
     plain = subtract(s, _SPECIAL)
     parts: list[Node] = []
     if plain:

@@ -325,22 +325,27 @@ def compile(
     ``GrammarError`` subclasses (typed, at compile time): ``EmptyLanguageError`` when nothing
     matches, ``GrammarTooLargeError`` past ``max_states`` DFA states and its subclass
     ``CompileTimeoutError`` past ``timeout`` seconds (a JSON Schema grammar then falls back, after
-    60% of the time limit, to any value of its root types, exact through its checks). A JSON Schema grammar with
+    60% of the time limit counted from the start of its lowering, to any value of its root types,
+    exact through its checks). A JSON Schema grammar with
     semantic checks (``grammar.semantic``, see :mod:`grammars.json_semantic`) comes back as a
     ``CheckedCompiledGrammar`` whose matchers run them.
     """
     fallback = getattr(grammar, "fallback", None)
     t0 = time.perf_counter()
+    # the time limit covers the JSON Schema's lowering too; it keeps 40% for its fallback grammar
+    spent = getattr(grammar, "lowering_seconds", 0.0)
+    first = None if timeout is None else (
+        timeout * (0.6 if fallback is not None else 1.0) - (spent if fallback is not None else 0.0))
     try:
-        # a JSON Schema keeps 40% of the time limit for its fallback grammar
-        first = None if timeout is None else timeout * (0.6 if fallback is not None else 1.0)
+        if first is not None and first < 0.05 * timeout:
+            raise GrammarTooLargeError("no time left after lowering the schema")
         inner = _compile_deep(grammar, vocab, max_states=max_states, eager_states=eager_states,
                               cache=cache, timeout=first)
     except GrammarTooLargeError:
         if fallback is None:
             raise
         grammar = fallback()  # a JSON Schema: a looser grammar, exact through the checks
-        rest = None if timeout is None else max(0.5, timeout - (time.perf_counter() - t0))
+        rest = None if timeout is None else max(0.5, timeout - spent - (time.perf_counter() - t0))
         inner = _compile_deep(grammar, vocab, max_states=max_states, eager_states=eager_states,
                               cache=cache, timeout=rest)
         inner.compile_seconds = time.perf_counter() - t0

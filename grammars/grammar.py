@@ -70,13 +70,18 @@ class Grammar:
         whitespace: Literal["compact", "flexible"] = "compact",
         property_order: Literal["schema", "any"] = "schema",
         registry: dict[str, Any] | None = None,
+        timeout: float | None = 4.0,
     ) -> Grammar:
         """JSON texts that validate against ``schema`` (a dict, a bool, a JSON string, or a pydantic
-        model class). See :mod:`grammars.json_schema` for the keywords and the exact semantics."""
+        model class). See :mod:`grammars.json_schema` for the keywords and the exact semantics.
+        Lowering past ``timeout`` seconds gives the fallback grammar (any value of the root's
+        types, every keyword checked when its value completes); ``compile`` counts the lowering
+        time against its own limit."""
         from grammars.json_schema import schema_to_grammar
 
         return schema_to_grammar(
-            schema, whitespace=whitespace, property_order=property_order, registry=registry
+            schema, whitespace=whitespace, property_order=property_order, registry=registry,
+            timeout=timeout,
         )
 
     @classmethod

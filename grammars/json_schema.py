@@ -42,11 +42,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin
 
 from grammars import charclass as cc
+from grammars.automaton import check_deadline
 from grammars.errors import (
     EmptyLanguageError,
     GrammarTooLargeError,
@@ -350,6 +352,7 @@ class _Compiler:
     # ---- merging (allOf, $ref with siblings) --------------------------------------------------
     def _flatten(self, s: dict, ptr: str) -> Any:
         """Resolve allOf and $ref-with-siblings into one merged dict (or a bool)."""
+        check_deadline()
         has_ref = isinstance(s.get("$ref"), str)
         if has_ref and self.draft <= 7:
             s = {"$ref": s["$ref"]}
@@ -501,6 +504,7 @@ class _Compiler:
             self._ancestors = saved
 
     def _node(self, s: Any, ptr: str, depth: int) -> Node:
+        check_deadline()
         if s is True:
             return self.any_value(self.max_any_depth)
         if s is False:
@@ -1097,9 +1101,10 @@ def read_schema(schema: Any) -> tuple[Any, Any]:
     return schema, model
 
 
-def _lower_deep(c: _Compiler) -> Node:
+def _lower_deep(c: _Compiler, seconds: float | None) -> Node:
     """Lower the root again on a thread with a deep stack (schemas nested past Python's recursion
     limit); still too deep is an ``UnsupportedSchemaError``."""
+    from grammars.automaton import deadline
     from grammars.deep import run_deep
 
     c.rules.clear()
@@ -1107,10 +1112,20 @@ def _lower_deep(c: _Compiler) -> Node:
     c.inlining.clear()
     c.path_refs.clear()
     c._ancestors = 0
+
+    def run() -> Node:
+        with deadline(seconds):
+            return c.node(c.root, "")
+
     try:
-        return run_deep(lambda: c.node(c.root, ""))
+        return run_deep(run)
     except RecursionError:
         raise UnsupportedSchemaError("$ref", "", "schema nests too deeply") from None
+
+
+#: Seconds ``schema_to_grammar`` may spend lowering by default; past it the grammar is the
+#: fallback (any value of the root's types, exact through strict semantic checks).
+LOWERING_TIMEOUT = 4.0
 
 
 def schema_to_grammar(
@@ -1121,8 +1136,19 @@ def schema_to_grammar(
     registry: dict[str, Any] | None = None,
     max_any_depth: int = 2,
     max_whitespace: int = 8,
+    timeout: float | None = LOWERING_TIMEOUT,
 ) -> Grammar:
-    """Lower a JSON Schema to a :class:`Grammar` (see the module docstring for the semantics)."""
+    """Lower a JSON Schema to a :class:`Grammar` (see the module docstring for the semantics).
+
+    Lowering past ``timeout`` seconds returns the fallback grammar instead (``grammar.fallback()``:
+    any JSON value of the root's types, every keyword checked when its value completes); the
+    seconds spent are in ``grammar.lowering_seconds`` (``compile`` counts them against its own
+    time limit)."""
+    from grammars.automaton import deadline
+    from grammars.errors import CompileTimeoutError
+    from grammars.json_semantic import SchemaChecks
+
+    t0 = time.perf_counter()
     if whitespace not in ("compact", "flexible"):
         raise ValueError(f"whitespace must be 'compact' or 'flexible', got {whitespace!r}")
     if property_order not in ("schema", "any"):
@@ -1132,17 +1158,7 @@ def schema_to_grammar(
         value, whitespace=whitespace, property_order=property_order, registry=registry,
         max_any_depth=max_any_depth, max_whitespace=max_whitespace,
     )
-    try:
-        start = c.node(c.root, "")
-    except RecursionError:
-        start = _lower_deep(c)
-    rules = dict(c.rules)
-    rules["start"] = start
-    g = Grammar(Rules(rules, "start"), kind="json_schema", source=value)
-    g.json_schema = value
-    g.pydantic_model = model  # type: ignore[attr-defined]
-    g.validator = c.validator_cls(c.root, registry=c.registry)  # type: ignore[attr-defined]
-    from grammars.json_semantic import SchemaChecks
+    validator = c.validator_cls(c.root, registry=c.registry)
 
     def checks(relaxed: list[tuple[str, str]], *, strict: bool = False) -> SchemaChecks:
         return SchemaChecks(
@@ -1151,8 +1167,13 @@ def schema_to_grammar(
             relaxed=list(dict.fromkeys(relaxed)), documents=[c.root, *(registry or {}).values()],
             strict=strict)
 
-    if c.relaxed:
-        g.semantic = checks(c.relaxed)
+    def finish(g: Grammar) -> Grammar:
+        g.source = value
+        g.json_schema = value
+        g.pydantic_model = model  # type: ignore[attr-defined]
+        g.validator = validator  # type: ignore[attr-defined]
+        g.lowering_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+        return g
 
     def fallback() -> Grammar:
         """A grammar for when this one's automaton is too large: any JSON value of the root's
@@ -1160,13 +1181,25 @@ def schema_to_grammar(
         root_type = c.root.get("type") if isinstance(c.root, dict) else None
         loose = {"type": root_type} if isinstance(root_type, (str, list)) else True
         out = schema_to_grammar(loose, whitespace=whitespace, property_order=property_order,
-                                max_any_depth=max_any_depth, max_whitespace=max_whitespace)
-        out.source = g.source
-        out.json_schema = value
-        out.pydantic_model = model  # type: ignore[attr-defined]
-        out.validator = g.validator  # type: ignore[attr-defined]
+                                max_any_depth=max_any_depth, max_whitespace=max_whitespace,
+                                timeout=None)
         out.semantic = checks([*c.relaxed, ("*", "")], strict=True)
-        return out
+        out.fallback = None  # type: ignore[attr-defined]
+        return finish(out)
 
+    left = None if timeout is None else timeout - (time.perf_counter() - t0)
+    try:
+        try:
+            with deadline(left):
+                start = c.node(c.root, "")
+        except RecursionError:
+            start = _lower_deep(c, None if timeout is None else timeout - (time.perf_counter() - t0))
+    except CompileTimeoutError:
+        return fallback()
+    rules = dict(c.rules)
+    rules["start"] = start
+    g = Grammar(Rules(rules, "start"), kind="json_schema", source=value)
+    if c.relaxed:
+        g.semantic = checks(c.relaxed)
     g.fallback = fallback  # type: ignore[attr-defined]
-    return g
+    return finish(g)

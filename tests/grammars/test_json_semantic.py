@@ -273,3 +273,17 @@ def test_time_limit_is_a_typed_error_and_json_schemas_fall_back():
     assert m.accept_bytes(b'{"b') and not m.check_token(ord('"'))  # undeclared key refused
     m = c.matcher()
     assert m.accept_bytes(b'{"a":1') and not m.check_token(ord("}"))  # wrong type refused
+
+
+def test_lowering_past_its_time_limit_gives_the_fallback():
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 3}},
+              "required": ["a"], "additionalProperties": False}
+    g = Grammar.from_json_schema(schema, timeout=1e-9)
+    assert g.semantic.strict and ("*", "") in g.semantic.relaxed
+    assert g.lowering_seconds < 1.0
+    c = grammars.compile(g, grammars.Vocabulary.byte_level(), cache=False)
+    for text, ok in (('{"a":3}', True), ('{"a":2}', False), ('{}', False), ('{"a":3,"b":1}', False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
+    # an exact grammar needs no fallback
+    assert Grammar.from_json_schema(schema).semantic is None
