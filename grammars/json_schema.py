@@ -29,10 +29,14 @@ adds invalid ones):
 Keywords a grammar cannot enforce exactly (``uniqueItems``, ``not`` of anything but a type,
 ``if``/``then``/``else``, ``contains``, ``dependent*``, ``unevaluated*``, overlapping ``oneOf``,
 ``$dynamicRef``, conflicting ``allOf`` values, huge ``multipleOf`` automata, more than
-``MAX_PATTERN_PROPERTIES`` patterns) are *relaxed*: the grammar takes a superset there and records
+``MAX_PATTERN_PROPERTIES`` patterns, string ``pattern`` s with backreferences, lookarounds or inner
+anchors, length bounds over ``MAX_EXACT_LENGTH``, string intersections past
+``MAX_STRING_PRODUCT_STATES``) are *relaxed*: the grammar takes a superset there and records
 ``(keyword, pointer)`` in ``Grammar.semantic.relaxed``; :mod:`grammars.json_semantic` restores
-exactness when values complete. A looser verdict is never returned. What neither can handle (an
-unsupported regex construct, an unknown standard format) raises
+exactness when values complete. A looser verdict is never returned. Lowering past its time limit
+(``timeout``, default ``LOWERING_TIMEOUT``) gives the fallback grammar: any value of the root's
+types, every keyword checked. What neither can handle (a non-regular key pattern in
+``patternProperties``/``propertyNames``, an unknown standard format) raises
 ``UnsupportedSchemaError(keyword, pointer)``. Unknown keywords and annotations are ignored (the
 spec says they do not validate); custom (non-standard) ``format`` values are annotations too.
 """
@@ -773,7 +777,17 @@ class _Compiler:
                 raise UnsupportedSchemaError("format", _pointer_join(ptr, "format"), f"format {f!r} is not implemented") from None
             bodies.append(("format", regex_to_node(rx, encoder=json_string_encoder, mode="fullmatch")))
         for p in s["__patterns"]:
-            bodies.append(("pattern", _pattern_body(p, "pattern", _pointer_join(ptr, "pattern"))))
+            try:
+                body = regex_to_node(p, encoder=json_string_encoder, mode="search", dialect="ecma")
+            except UnsupportedRegexError:
+                # a backreference, lookaround or inner anchor: no automaton expresses it; the
+                # grammar takes any string here and the semantic checks match the pattern (with
+                # Python's re, as python-jsonschema does) when the string completes
+                self.relax("pattern", _pointer_join(ptr, "pattern"))
+                continue
+            except RegexSyntaxError as e:
+                raise UnsupportedSchemaError("pattern", _pointer_join(ptr, "pattern"), str(e)) from None
+            bodies.append(("pattern", body))
         if hi is not None and lo > hi:
             return NOTHING
         # a long length bound would be a chain of thousands of states in every automaton it

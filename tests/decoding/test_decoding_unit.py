@@ -56,7 +56,7 @@ def test_constraint_errors_come_before_the_model():
     with pytest.raises(grammars.InvalidSchemaError):
         generate("x", schema={"type": "integer", "minimum": "a"}, model="/nonexistent")
     with pytest.raises(grammars.UnsupportedSchemaError):
-        generate("x", schema={"type": "string", "pattern": "(?<=a)b"}, model="/nonexistent")
+        generate("x", schema={"patternProperties": {"(?<=a)b": {}}}, model="/nonexistent")
     with pytest.raises(grammars.GrammarError):
         generate("x", regex="(unclosed", model="/nonexistent")
     with pytest.raises(grammars.GrammarError):
@@ -117,7 +117,7 @@ def test_cli_bad_schema_exits_2_with_one_typed_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: InvalidSchemaError:"), err
     assert "/properties/a/type" in err[0]
     # inline JSON works too, and an unsupported keyword names itself
-    assert main(["generate", "--schema", '{"pattern": "(?=x)"}', "p"]) == 2
+    assert main(["generate", "--schema", '{"patternProperties": {"(?=x)": {}}}', "p"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: UnsupportedSchemaError:"), err
 

@@ -106,12 +106,26 @@ def test_whitespace_modes(byte_vocab):
 
 
 def test_unsupported_regex_names_keyword_and_pointer():
+    # a key pattern splits the keys into regions: it must be a regular language
     with pytest.raises(UnsupportedSchemaError) as e:
-        grammars.compile(Grammar.from_json_schema({"type": "string", "pattern": "(a)\\1"}),
+        grammars.compile(Grammar.from_json_schema({"patternProperties": {"(a)\\1": {}}}),
                          grammars.Vocabulary.byte_level())
-    assert e.value.keyword == "pattern"
-    assert e.value.pointer == "/pattern"
-    assert "pattern" in str(e.value)
+    assert e.value.keyword == "patternProperties"
+    assert e.value.pointer == "/patternProperties/(a)\\1"
+    assert "patternProperties" in str(e.value)
+
+
+@pytest.mark.parametrize("pattern", ["^(a+)-\\1$", "^(?!.*://).+$", "^(x($|/))*$"])
+def test_non_regular_string_patterns_are_checked_when_the_string_completes(pattern, byte_vocab):
+    import re
+
+    g = Grammar.from_json_schema({"type": "string", "pattern": pattern})
+    assert ("pattern", "/pattern") in g.semantic.relaxed
+    c = grammars.compile(g, byte_vocab, cache=False)
+    for text in ("aa-aa", "aa-a", "http://x", "x.org", "x/x", "x/x/", "", "xx"):
+        m = c.matcher()
+        ok = m.accept_bytes(json.dumps(text).encode()) and m.is_accepting()
+        assert ok == (re.search(pattern, text) is not None), text
 
 
 @pytest.mark.parametrize(
