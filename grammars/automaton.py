@@ -421,14 +421,26 @@ def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:
     return minimize(_trim(out, accepting))
 
 
+_WEIGHTS: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+
+
+def _hash_weights(n: int) -> np.ndarray:
+    """``n`` fixed random int64 weights (one draw, extended as needed; the lexer asks per state)."""
+    w = _WEIGHTS[0]
+    if len(w) < n:
+        rng = np.random.default_rng(0xC01 + len(w))
+        w = _WEIGHTS[0] = np.concatenate(
+            [w, rng.integers(1, 2**62, size=max(n, 2 * len(w)) - len(w), dtype=np.int64)])
+    return w[:n]
+
+
 def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct columns of ``trans`` and each byte's column index (byte equivalence classes).
 
     Columns are grouped by a wrapping int64 hash, then verified equal exactly; a collision (never
     observed) falls back to numpy's exact (slow) column sort.
     """
-    rng = np.random.default_rng(0xC01)
-    w = rng.integers(1, 2**62, size=trans.shape[0], dtype=np.int64)
+    w = _hash_weights(trans.shape[0])
     with np.errstate(over="ignore"):
         h = (trans.astype(np.int64) + 1).T @ w
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)

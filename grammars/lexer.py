@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grammars.automaton import DEFAULT_MAX_STATES, Dfa
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, _unique_columns, check_deadline
 from grammars.errors import GrammarTooLargeError
 
 __all__ = ["Lexer", "Restricted", "build_lexer"]
@@ -87,6 +87,8 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
     accepts: list[int] = []
     i = 0
     while i < len(order):
+        if not i & 255:
+            check_deadline()
         cur = order[i]
         i += 1
         live = [t for t in range(k) if cur[t] >= 0]
@@ -95,8 +97,7 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
         row = np.full(256, -1, dtype=np.int32)
         if live:
             cols = np.stack([trans_of[t][cur[t]] for t in live])  # (len(live), 256)
-            uniq, inverse = np.unique(cols, axis=1, return_inverse=True)
-            inverse = np.asarray(inverse).reshape(-1)
+            uniq, inverse = _unique_columns(cols)
             for c in range(uniq.shape[1]):
                 col = uniq[:, c]
                 if (col < 0).all():
