@@ -77,3 +77,27 @@ def test_long_length_chain_minimizes_in_one_pass() -> None:
     trans2[2 * n - 1, 97] = n  # a loop over the accepting half: those states now all merge
     m2 = minimize(_trim(trans2, acc))
     assert m2.trans.shape[0] == n + 1
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0, 1), (0, 5), (2, 7), (3, 3), (1, 40)])
+def test_bounded_repeat_equals_the_unrolled_repeat(lo: int, hi: int) -> None:
+    from grammars.automaton import bounded_repeat, dfa_of
+    from grammars.ir import repeat
+    from grammars.json_schema import _ANY_CHAR
+
+    unit = dfa_of(_ANY_CHAR)  # one JSON string character: UTF-8 sequences and escapes
+    chain = bounded_repeat(unit, lo, hi)
+    assert chain is not None
+    assert same_language(chain, dfa_of(repeat(_ANY_CHAR, lo, hi)))
+    assert bounded_repeat(dfa_of(repeat(_ANY_CHAR, 0, 2)), lo, hi) is None  # not a single unit
+
+
+def test_the_lexer_product_honours_the_compile_deadline() -> None:
+    from grammars.automaton import deadline, dfa_of
+    from grammars.errors import CompileTimeoutError
+    from grammars.lexer import build_lexer
+    from grammars.regex import regex_to_node
+
+    terminals = [dfa_of(regex_to_node(f"[a-z]{{{i},{i + 40}}}x")) for i in range(1, 12)]
+    with pytest.raises(CompileTimeoutError), deadline(1e-9):
+        build_lexer(terminals)
