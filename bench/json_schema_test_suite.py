@@ -85,13 +85,15 @@ def ours(*, tokenizer: Any = None, vocab: Any = None) -> Engine:
 
     def compile_schema(schema: Any) -> Callable[[str], bool]:
         try:
+            # no time limits: a schema near the limit would fall back in one compile and not in
+            # the other (both exact, but the byte and token verdicts must come from one grammar)
             g = grammars.Grammar.from_json_schema(
-                schema, whitespace="flexible", property_order="any", registry=remotes
+                schema, whitespace="flexible", property_order="any", registry=remotes, timeout=None
             )
-            cb = grammars.compile(g, byte_vocab, eager_states=0)
+            cb = grammars.compile(g, byte_vocab, eager_states=0, timeout=None)
         except grammars.EmptyLanguageError:
             raise EmptyLanguage from None
-        ct = grammars.compile(g, vocab, eager_states=0) if vocab is not None else None
+        ct = grammars.compile(g, vocab, eager_states=0, timeout=None) if vocab is not None else None
 
         def check(text: str) -> bool:
             m = cb.matcher()
