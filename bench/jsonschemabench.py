@@ -11,6 +11,7 @@ Metrics (the paper's definitions, Geng et al. 2025, arXiv 2501.10868):
   (chat template applied), is JSON that validates under jsonschema (the schema's ``$schema``
   dialect, Draft 2020-12 when none, with the format checker);
 - compliance: empirical over declared;
+- for ours, whether the schema compiled to the fallback grammar (``fallback``);
 - medians of compile time (GCT), time to first token (TTFT, compile included, as in the paper)
   and time per output token after the first (TPOT).
 
@@ -109,7 +110,13 @@ def _ours(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[], An
         g = grammars.Grammar.from_json_schema(schema)
         # cold compile, as the peers; past 60% of the limit a schema falls back to checks
         cg = grammars.compile(g, model.vocab, cache=False, timeout=compile_timeout)
-        return lambda: GrammarLogitsProcessor(cg, model.vocab)
+
+        def factory() -> Any:
+            return GrammarLogitsProcessor(cg, model.vocab)
+
+        checks = getattr(cg, "checks", None)
+        factory.fallback = bool(checks is not None and checks.strict)  # type: ignore[attr-defined]
+        return factory
 
     return compile_schema
 
@@ -198,6 +205,8 @@ def run_one(engine: str, compile_schema: Callable[[Any], Callable[[], Any]], sch
         return rec
     rec["compile_s"] = time.perf_counter() - t0
     rec["declared"] = True
+    if hasattr(factory, "fallback"):  # ours: the schema compiled to the fallback grammar
+        rec["fallback"] = factory.fallback
     if not generate:
         return rec
     import torch
@@ -276,6 +285,8 @@ def summarize(records: list[dict[str, Any]], engines: Sequence[str]) -> dict[str
             "median_ttft_s_common": _median([r.get("ttft_s") for r in cs]),
             "median_tpot_s_common": _median([r.get("tpot_s") for r in cs]),
             "errors": errors,
+            "fallback": sum(1 for r in declared if r.get("fallback")),
+            "fallback_recorded": sum(1 for r in declared if "fallback" in r),
         }
     out["common"] = len(common)
     return out
@@ -304,6 +315,12 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
     for e, s in summary["engines"].items():
         errs = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items(), key=lambda kv: -kv[1]))
         lines.append(f"- {e}: {errs or 'none'}")
+    fb = [(e, s) for e, s in summary["engines"].items() if s.get("fallback_recorded")]
+    if fb:
+        lines += ["", ("Compiled to the fallback grammar (any value of the root's types, every "
+                       "keyword checked as values complete; exact, but guides generation less):"), ""]
+        lines += [f"- {e}: {s['fallback']} of the {s['fallback_recorded']} declared schemas that record it"
+                  for e, s in fb]
     return "\n".join(lines) + "\n"
 
 

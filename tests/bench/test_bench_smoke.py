@@ -181,9 +181,12 @@ def test_jsonschemabench_runner_resumes_and_summarizes(tmp_path, smollm2_tokeniz
             json.loads(next(p for _, n, p in jsb.iter_schemas(["Glaiveai2K"], 2)
                             if n == r["schema"]).read_text()), r["text"]))
         assert r["ttft_s"] >= r["compile_s"] > 0
+        assert (r["engine"] == "ours") == ("fallback" in r)
     assert cli_main(["bench", *argv]) == 0  # resumed: nothing new is appended
     assert len(out.with_suffix(".jsonl").read_text().splitlines()) == len(lines)
     summary = json.loads(Path(f"{out}.json").read_text())
     assert summary["engines"]["ours"]["declared"] == 2
+    assert summary["engines"]["ours"]["fallback_recorded"] == 2
+    assert summary["engines"]["ours"]["fallback"] == sum(bool(r.get("fallback")) for r in lines)
     assert Path(f"{out}.md").read_text().count("| ours |") == 1
     assert Path(f"{out}.png").stat().st_size > 0
