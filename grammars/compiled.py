@@ -334,8 +334,10 @@ def compile(
     t0 = time.perf_counter()
     # the time limit covers the JSON Schema's lowering too; it keeps 40% for its fallback grammar
     spent = getattr(grammar, "lowering_seconds", 0.0)
-    first = None if timeout is None else (
-        timeout * (0.6 if fallback is not None else 1.0) - (spent if fallback is not None else 0.0))
+    if timeout is None or fallback is None:
+        first = timeout
+    else:
+        first = 0.6 * timeout - spent
     try:
         if first is not None and first < 0.05 * timeout:
             raise GrammarTooLargeError("no time left after lowering the schema")

@@ -9,6 +9,10 @@ from typing import Any, Literal
 from grammars.errors import EmptyLanguageError, InvalidGrammarError
 from grammars.ir import Node, Rules, alt, fingerprint, lit
 
+#: Seconds a JSON Schema's lowering may take by default; past it the grammar is the fallback (any
+#: value of the root's types, exact through strict semantic checks).
+LOWERING_TIMEOUT = 4.0
+
 __all__ = ["Grammar", "builtin_names", "builtin_text"]
 
 
@@ -70,7 +74,7 @@ class Grammar:
         whitespace: Literal["compact", "flexible"] = "compact",
         property_order: Literal["schema", "any"] = "schema",
         registry: dict[str, Any] | None = None,
-        timeout: float | None = 4.0,
+        timeout: float | None = LOWERING_TIMEOUT,
     ) -> Grammar:
         """JSON texts that validate against ``schema`` (a dict, a bool, a JSON string, or a pydantic
         model class). See :mod:`grammars.json_schema` for the keywords and the exact semantics.

@@ -59,7 +59,7 @@ from grammars.errors import (
     InvalidSchemaError,
     UnsupportedSchemaError,
 )
-from grammars.grammar import Grammar
+from grammars.grammar import LOWERING_TIMEOUT, Grammar
 from grammars.ir import (
     NOTHING,
     Automaton,
@@ -107,11 +107,16 @@ MAX_STRING_PRODUCT_STATES = 20_000
 MAX_EXACT_LENGTH = 128
 
 
-def _pattern_body(pattern: str, keyword: str, ptr: str) -> Node:
+def _search_body(pattern: str) -> Node:
     """The string-body node of a JSON Schema regex (search semantics, ECMA dialect, characters as
-    JSON escapes them); an unsupported or invalid regex is an ``UnsupportedSchemaError``."""
+    JSON escapes them); raises the regex module's errors."""
+    return regex_to_node(pattern, encoder=json_string_encoder, mode="search", dialect="ecma")
+
+
+def _pattern_body(pattern: str, keyword: str, ptr: str) -> Node:
+    """:func:`_search_body`, an unsupported or invalid regex being an ``UnsupportedSchemaError``."""
     try:
-        return regex_to_node(pattern, encoder=json_string_encoder, mode="search", dialect="ecma")
+        return _search_body(pattern)
     except (UnsupportedRegexError, RegexSyntaxError) as e:
         raise UnsupportedSchemaError(keyword, ptr, str(e)) from None
 
@@ -778,7 +783,7 @@ class _Compiler:
             bodies.append(("format", regex_to_node(rx, encoder=json_string_encoder, mode="fullmatch")))
         for p in s["__patterns"]:
             try:
-                body = regex_to_node(p, encoder=json_string_encoder, mode="search", dialect="ecma")
+                body = _search_body(p)
             except UnsupportedRegexError:
                 # a backreference, lookaround or inner anchor: no automaton expresses it; the
                 # grammar takes any string here and the semantic checks match the pattern (with
@@ -807,6 +812,9 @@ class _Compiler:
         try:
             dfa = dfa_of(bodies[0][1])
             for kw, b in bodies[1:]:
+                if kw == "format":  # python-jsonschema does not assert formats: never relaxed
+                    dfa = product(dfa, dfa_of(b))
+                    continue
                 try:
                     dfa = product(dfa, dfa_of(b), max_states=MAX_STRING_PRODUCT_STATES)
                 except GrammarTooLargeError:
@@ -1135,11 +1143,6 @@ def _lower_deep(c: _Compiler, seconds: float | None) -> Node:
         return run_deep(run)
     except RecursionError:
         raise UnsupportedSchemaError("$ref", "", "schema nests too deeply") from None
-
-
-#: Seconds ``schema_to_grammar`` may spend lowering by default; past it the grammar is the
-#: fallback (any value of the root's types, exact through strict semantic checks).
-LOWERING_TIMEOUT = 4.0
 
 
 def schema_to_grammar(

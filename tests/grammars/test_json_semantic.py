@@ -287,3 +287,18 @@ def test_lowering_past_its_time_limit_gives_the_fallback():
         assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
     # an exact grammar needs no fallback
     assert Grammar.from_json_schema(schema).semantic is None
+
+
+def test_formats_are_never_left_to_the_checks(monkeypatch):
+    # python-jsonschema does not assert formats, so the grammar must keep every one of them
+    import grammars.json_schema as js
+
+    monkeypatch.setattr(js, "MAX_STRING_PRODUCT_STATES", 5)
+    g = Grammar.from_json_schema({"type": "string", "allOf": [{"format": "date"}, {"format": "date-time"}, {"pattern": "^2"}]})
+    assert g.semantic is None or all(k != "format" for k, _ in g.semantic.relaxed)
+    g = Grammar.from_json_schema({"type": "string", "allOf": [{"format": "ipv4"}, {"format": "hostname"}]})
+    assert g.semantic is None or all(k != "format" for k, _ in g.semantic.relaxed)
+    c = grammars.compile(g, grammars.Vocabulary.byte_level(), cache=False)
+    for text, ok in (('"1.2.3.4"', True), ('"example.org"', False), ('"1.2.3.400"', False)):
+        m = c.matcher()
+        assert (m.accept_bytes(text.encode()) and m.is_accepting()) == ok, text
