@@ -19,8 +19,9 @@ the row is the OR over ``t`` of a *piece* that depends only on the lexer state a
 the parse. A piece is one numba walk of the token trie through the lexer restricted to ``t``
 (:func:`grammars.tokenwalk.walk_lexemes`), cached: it also lists the trie nodes where a lexeme of
 ``t`` may end while the token goes on. Only those tokens consult the parser: under
-``column.scan(t)`` the same decomposition continues below those nodes from the lexer start, with
-pieces keyed by the terminal path (a token may span several lexemes). So after warm-up a mask is
+``column.scan(t)`` the same decomposition continues below those nodes from the lexer start (a
+token may span several lexemes), with pieces keyed by the set of nodes (interned: different
+terminal paths that end at the same nodes share their pieces). So after warm-up a mask is
 a few cached row ORs plus memoized Earley steps (the idea of XGrammar's context-independent token
 cache, here per terminal).
 
@@ -69,11 +70,13 @@ class CfgCompiledGrammar:
     cfg: Cfg
     lexer: Lexer
     compile_seconds: float = 0.0
-    _pieces: dict[tuple[tuple, int], tuple[np.ndarray, np.ndarray]] = field(
+    _pieces: dict[tuple[int, int], tuple[np.ndarray, int]] = field(
         default_factory=dict, repr=False)
-    _levels: dict[tuple[tuple, int], tuple[np.ndarray, list[int]]] = field(
+    _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
-    _child_bytes: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    _child_bytes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
+    _sets: list[np.ndarray] = field(default_factory=list, repr=False)
     _firsts: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,35 +144,48 @@ class CfgCompiledGrammar:
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
             # walk again: the bits already set are allowed tokens, so the row stays right
 
-    def piece(self, key: tuple, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _node_set(self, nodes: np.ndarray) -> int:
+        """The id of a set of trie nodes (interned: equal sets share one id, and so their pieces
+        and levels), or -1 for the empty set."""
+        if not len(nodes):
+            return -1
+        key = nodes.tobytes()
+        sid = self._set_ids.get(key)
+        if sid is None:
+            sid = self._set_ids[key] = len(self._sets)
+            self._sets.append(nodes)
+        return sid
+
+    def piece(self, key: int, t: int) -> tuple[np.ndarray, int]:
         """Cached per ``(key, t)``: the tokens that, from ``key``'s trie nodes and lexer state,
-        stay inside one lexeme of terminal ``t``, and the trie nodes where a lexeme of ``t``
-        ends with the token going on. ``key`` is ``(q,)`` for the trie root at lexer state ``q``,
-        or ``(parent key, t')`` for the nodes where the parent's ``t'`` lexemes end (lexer start)."""
+        stay inside one lexeme of terminal ``t``, and the node set (id, -1 if empty) where a
+        lexeme of ``t`` ends with the token going on. ``key >= 0`` is a node set (:meth:`_node_set`)
+        at the lexer start; ``key = ~q`` is the trie root at lexer state ``q``."""
         hit = self._pieces.get((key, t))
         if hit is not None:
             return hit
         r = self.lexer.restricted(1 << t)
         row = np.zeros(self.words, dtype=np.uint32)
-        if len(key) == 2 and not (self._children(key) & self._first_bytes(t)).any():
+        if key >= 0 and not (self._children(key) & self._first_bytes(t)).any():
             # no token goes on below these nodes with a byte that can start t: nothing to walk
-            hit = self._pieces[(key, t)] = (row, np.zeros(0, dtype=np.int64))
+            hit = self._pieces[(key, t)] = (row, -1)
             return hit
-        if len(key) == 1:
-            q = key[0]
+        if key < 0:
+            q = ~key
             nodes = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
                                row)
             if (self.lexer.accepts[q] >> t) & 1:  # a lexeme may end before the token starts
                 nodes = np.concatenate([np.zeros(1, dtype=np.int64), nodes])
         else:
-            roots = self.piece(key[0], key[1])[1]
+            roots = self._sets[key]
             nodes = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
-        hit = self._pieces[(key, t)] = (row, nodes)
+        hit = self._pieces[(key, t)] = (row, self._node_set(nodes))
         return hit
 
-    def level(self, key: tuple, allowed: int) -> tuple[np.ndarray, list[int]]:
+    def level(self, key: int, allowed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Cached per ``(key, allowed)``: the OR of the pieces of the allowed terminals, and the
-        allowed terminals whose lexemes may end inside a token (where the parser is needed)."""
+        allowed terminals whose lexemes may end inside a token (where the parser is needed),
+        with the node set where they end."""
         hit = self._levels.get((key, allowed))
         if hit is None:
             row = np.zeros(self.words, dtype=np.uint32)
@@ -177,18 +193,18 @@ class CfgCompiledGrammar:
             for t in _bits(allowed):
                 r, ends = self.piece(key, t)
                 row |= r
-                if len(ends):
-                    crossing.append(t)
+                if ends >= 0:
+                    crossing.append((t, ends))
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit
 
-    def _children(self, key: tuple) -> np.ndarray:
-        """The bytes on the trie edges below the nodes of a level-2+ ``key`` (cached)."""
+    def _children(self, key: int) -> np.ndarray:
+        """The bytes on the trie edges below the nodes of node set ``key`` (cached)."""
         hit = self._child_bytes.get(key)
         if hit is None:
             trie = self.vocab.trie
             hit = np.zeros(256, dtype=np.bool_)
-            child_bytes(self.piece(key[0], key[1])[1], trie.byte, trie.depth, trie.end, hit)
+            child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, hit)
             self._child_bytes[key] = hit
         return hit
 
@@ -198,19 +214,19 @@ class CfgCompiledGrammar:
             hit = self._firsts[t] = self.lexer.restricted(1 << t).trans[0] >= 0
         return hit
 
-    def _fill_from(self, col: Column, key: tuple, out: np.ndarray) -> None:
+    def _fill_from(self, col: Column, key: int, out: np.ndarray) -> None:
         row, crossing = self.level(key, col.expected)
         out |= row
-        for t in crossing:
+        for t, ends in crossing:
             nxt = col.scan(t)
             if nxt is not None:
-                self._fill_from(nxt, (key, t), out)
+                self._fill_from(nxt, ends, out)
 
     def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray) -> None:
         """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``."""
         out[:] = 0
         for col, q in hyps:
-            self._fill_from(col, (q,), out)
+            self._fill_from(col, ~q, out)
         if self.accepting(hyps):
             out |= self._eos_words
 
@@ -327,6 +343,6 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     start_column(cfg)
     out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
     if cfg.terminals:  # load the numba walk now (once per process), not at the first mask
-        out.piece((0,), 0)
+        out.piece(~0, 0)
     out.compile_seconds = time.perf_counter() - t0
     return out

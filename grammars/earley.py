@@ -27,21 +27,89 @@ __all__ = ["RECENT_COLUMNS", "Column", "start_column"]
 RECENT_COLUMNS = 50_000
 
 
+class _Predicted:
+    """The items a column predicts, with origin the column itself: shared by every column that
+    predicts the same nonterminals (they are the same items, only the origin differs).
+
+    - ``waiting[symbol]``: the ``(production, dot)`` pairs whose next symbol it is.
+    - ``expected``: bitset of the terminals among those symbols.
+    """
+
+    __slots__ = ("expected", "nts", "waiting")
+
+    def __init__(self, g: Cfg, nts: frozenset[int]) -> None:
+        self.nts = nts
+        self.waiting: dict[int, list[tuple[int, int]]] = {}
+        self.expected = 0
+        prods = g.productions
+        for nt in nts:
+            for p in g.by_lhs[nt]:
+                rhs = prods[p].rhs
+                for d in range(len(rhs)):  # the dot moves over nullable prefixes (Aycock-Horspool)
+                    sym = rhs[d]
+                    self.waiting.setdefault(sym, []).append((p, d))
+                    if sym >= 0:
+                        self.expected |= 1 << sym
+                        break
+                    if not g.nullable[~sym]:
+                        break
+                # a production whose whole rhs is nullable completes empty here: its waiting
+                # items were advanced over it by the loop above (nothing else to do)
+
+
+def _prediction_closure(g: Cfg, nt: int) -> frozenset[int]:
+    """The nonterminals predicted, transitively, when ``nt`` is (cached on ``g``)."""
+    memo = g._earley_closures  # type: ignore[attr-defined]
+    hit = memo.get(nt)
+    if hit is None:
+        prods = g.productions
+        out = {nt}
+        stack = [nt]
+        while stack:
+            a = stack.pop()
+            for p in g.by_lhs[a]:
+                for sym in prods[p].rhs:
+                    if sym >= 0:
+                        break
+                    if ~sym not in out:
+                        out.add(~sym)
+                        stack.append(~sym)
+                    if not g.nullable[~sym]:
+                        break
+        hit = memo[nt] = frozenset(out)
+    return hit
+
+
+def _predicted(g: Cfg, nts: frozenset[int]) -> _Predicted:
+    table = g._earley_predicted  # type: ignore[attr-defined]
+    hit = table.get(nts)
+    if hit is None:
+        hit = table[nts] = _Predicted(g, nts)
+    return hit
+
+
+_NOTHING = _Predicted.__new__(_Predicted)
+_NOTHING.nts, _NOTHING.waiting, _NOTHING.expected = frozenset(), {}, 0
+
+
 class Column:
     """The Earley set after a sequence of terminals.
 
     - ``expected``: bitset (Python int) of the terminals some item waits for.
     - ``accepting``: the start symbol is complete over the whole input.
-    - ``waiting[symbol]``: the items ``(production, dot, origin column)`` whose next symbol it is.
+    - ``waiting[symbol]``: the items ``(production, dot, origin column)`` that started before
+      this column and whose next symbol it is; ``predicted``: the items started here (shared per
+      set of predicted nonterminals, :class:`_Predicted`).
     """
 
     __slots__ = ("__weakref__", "_none", "_scans", "accepting", "expected", "g", "index",
-                 "waiting")
+                 "predicted", "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
         self.g = g
         self.index = index
         self.waiting: dict[int, list[tuple[int, int, Column]]] = {}
+        self.predicted = _NOTHING
         self.expected = 0
         self.accepting = False
         self._scans: dict[int, weakref.ref[Column]] = {}
@@ -50,22 +118,30 @@ class Column:
     def __repr__(self) -> str:
         return f"Column(index={self.index}, expected={bin(self.expected)}, accepting={self.accepting})"
 
+    def items_waiting(self, sym: int) -> list[tuple[int, int, Column]]:
+        """Every item of this column whose next symbol is ``sym``."""
+        out = list(self.waiting.get(sym, ()))
+        own = self.predicted.waiting.get(sym)
+        if own:
+            out.extend((p, d, self) for p, d in own)
+        return out
+
     def _close(self, kernel: list[tuple[int, int, Column]], root: Column) -> None:
+        """Close the kernel items (all started before this column): the items they wait on are
+        predicted (in bulk, :class:`_Predicted`); completed items advance their origins' items."""
         g = self.g
         prods = g.productions
+        nullable = g.nullable
         seen: set[tuple[int, int, int]] = set()
         predicted: set[int] = set()
         agenda: list[tuple[int, int, Column]] = []
-
-        def add(item: tuple[int, int, Column]) -> None:
+        for item in kernel:
             key = (item[0], item[1], id(item[2]))
             if key not in seen:
                 seen.add(key)
                 agenda.append(item)
-
-        for it in kernel:
-            add(it)
         waiting = self.waiting
+        expected = 0
         while agenda:
             item = agenda.pop()
             p, dot, origin = item
@@ -78,26 +154,38 @@ class Column:
                 else:
                     lst.append(item)
                 if sym >= 0:
-                    self.expected |= 1 << sym
+                    expected |= 1 << sym
                     continue
                 nt = ~sym
                 if nt not in predicted:
-                    predicted.add(nt)
-                    for q in g.by_lhs[nt]:
-                        add((q, 0, self))
-                if g.nullable[nt]:
-                    add((p, dot + 1, origin))
+                    predicted |= _prediction_closure(g, nt)
+                if nullable[nt]:
+                    key = (p, dot + 1, id(origin))
+                    if key not in seen:
+                        seen.add(key)
+                        agenda.append((p, dot + 1, origin))
                 continue
             lhs = prods[p].lhs
-            if origin is self:
-                # an empty derivation: its waiting items are advanced by the nullable rule above
-                if lhs == g.start and self is root:
-                    self.accepting = True
-                continue
             if lhs == g.start and origin is root:
                 self.accepting = True
-            for w in origin.waiting.get(~lhs, ()):
-                add((w[0], w[1] + 1, w[2]))
+            owaiting = origin.waiting.get(~lhs)
+            if owaiting:
+                for w in owaiting:
+                    key = (w[0], w[1] + 1, id(w[2]))
+                    if key not in seen:
+                        seen.add(key)
+                        agenda.append((w[0], w[1] + 1, w[2]))
+            opred = origin.predicted.waiting.get(~lhs)
+            if opred:
+                oid = id(origin)
+                for wp, wd in opred:
+                    key = (wp, wd + 1, oid)
+                    if key not in seen:
+                        seen.add(key)
+                        agenda.append((wp, wd + 1, origin))
+        if predicted:
+            self.predicted = _predicted(g, frozenset(predicted))
+        self.expected = expected | self.predicted.expected
 
     def scan(self, terminal: int) -> Column | None:
         """The column after ``terminal`` (memoized), or None when no item expects it."""
@@ -108,7 +196,7 @@ class Column:
             hit = ref()
             if hit is not None:
                 return hit
-        items = self.waiting.get(terminal)
+        items = self.items_waiting(terminal)
         if not items:
             self._none |= 1 << terminal
             return None
@@ -119,11 +207,11 @@ class Column:
         self.g._earley_recent.append(out)  # type: ignore[attr-defined]
         return out
 
-    def _key(self) -> tuple[bool, frozenset[tuple[int, int, int]]]:
-        """What the column's future depends on: its waiting items (an item predicted here has
-        origin -1) and whether it accepts. Columns with equal keys behave identically."""
-        return self.accepting, frozenset(
-            (p, d, -1 if o is self else id(o)) for lst in self.waiting.values() for p, d, o in lst)
+    def _key(self) -> tuple[bool, int, frozenset[tuple[int, int, int]]]:
+        """What the column's future depends on: its waiting items, what it predicts, and whether
+        it accepts. Columns with equal keys behave identically."""
+        return self.accepting, id(self.predicted), frozenset(
+            (p, d, id(o)) for lst in self.waiting.values() for p, d, o in lst)
 
 
 def _intern(col: Column) -> Column:
@@ -147,11 +235,15 @@ def start_column(g: Cfg) -> Column:
     """The Earley set before any input (cached on ``g``)."""
     root = getattr(g, "_earley_root", None)
     if root is None:
+        g._earley_closures = {}  # type: ignore[attr-defined]
+        g._earley_predicted = {}  # type: ignore[attr-defined]
         root = Column(g, 0)
         g._earley_root = root  # type: ignore[attr-defined]
         g._earley_intern = weakref.WeakValueDictionary()  # type: ignore[attr-defined]
         # successors are memoized weakly (a long-lived grammar does not keep every parse it ever
         # saw); the most recent columns are kept alive here so repeated steps stay cheap
         g._earley_recent = collections.deque(maxlen=RECENT_COLUMNS)  # type: ignore[attr-defined]
-        root._close([(q, 0, root) for q in g.by_lhs[g.start]], root)
+        root.predicted = _predicted(g, _prediction_closure(g, g.start))
+        root.expected = root.predicted.expected
+        root.accepting = g.nullable[g.start]
     return root
