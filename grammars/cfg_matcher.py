@@ -16,9 +16,9 @@ the masks never lead into a dead end.
 **Masks.** Terminals die and never revive along a lexeme, so a token that stays inside one
 lexeme is allowed exactly when some terminal ``t`` the column expects is still alive after it:
 the row is the OR over ``t`` of a *piece* that depends only on the lexer state and ``t``, never on
-the parse. A piece is one numba walk of the token trie through the lexer restricted to ``t``
-(:func:`grammars.tokenwalk.walk_lexemes`), cached: it also lists the trie nodes where a lexeme of
-``t`` may end while the token goes on. Only those tokens consult the parser: under
+the parse. One numba walk of the token trie through the lexer
+(:func:`grammars.tokenwalk.walk_terminals`) gives every terminal's piece at once, cached; a piece
+also lists the trie nodes where a lexeme of ``t`` may end while the token goes on. Only those tokens consult the parser: under
 ``column.scan(t)`` the same decomposition continues below those nodes from the lexer start (a
 token may span several lexemes), with pieces keyed by the set of nodes (interned: different
 terminal paths that end at the same nodes share their pieces). So after warm-up a mask is
@@ -40,8 +40,8 @@ from grammars.cfg import Cfg
 from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
-from grammars.lexer import Lexer, Restricted
-from grammars.tokenwalk import child_bytes, walk_lexemes
+from grammars.lexer import Lexer
+from grammars.tokenwalk import child_bytes, walk_terminals
 from grammars.vocab import Vocabulary
 
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
@@ -50,6 +50,12 @@ Hyp = tuple[Column, int]
 
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
+
+
+def _words_of(bitset: int, n: int) -> np.ndarray:
+    """A bitset over ``n`` terminals as ceil(n/64) uint64 words."""
+    return np.array([(bitset >> (64 * k)) & ((1 << 64) - 1) for k in range(max(1, (n + 63) // 64))],
+                    dtype=np.uint64)
 
 
 def _bits(x: int) -> list[int]:
@@ -70,14 +76,12 @@ class CfgCompiledGrammar:
     cfg: Cfg
     lexer: Lexer
     compile_seconds: float = 0.0
-    _pieces: dict[tuple[int, int], tuple[np.ndarray, int]] = field(
+    _pieces: dict[int, tuple[int, dict[int, tuple[np.ndarray, int]]]] = field(
         default_factory=dict, repr=False)
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
-    _child_bytes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
     _sets: list[np.ndarray] = field(default_factory=list, repr=False)
-    _firsts: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.words = (self.vocab.size + 31) // 32
@@ -86,6 +90,10 @@ class CfgCompiledGrammar:
             self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
         self._eos = frozenset(self.vocab.eos_token_ids)
         self._bnodes = np.empty(1 << 16, dtype=np.int64)
+        self._bstates = np.empty(1 << 16, dtype=np.int32)
+        self._empty = np.zeros(self.words, dtype=np.uint32)
+        lx = self.lexer
+        self._first_byte_terms = [lx.alive[s] if s >= 0 else 0 for s in lx.trans[0].tolist()]
 
     @property
     def kind(self) -> str:
@@ -131,18 +139,35 @@ class CfgCompiledGrammar:
         return any(q == 0 and col.accepting for col, q in self.close(hyps))
 
     # ---- masks -------------------------------------------------------------------------------
-    def _walk(self, r: Restricted, roots: np.ndarray, states: np.ndarray,
-              row: np.ndarray) -> np.ndarray:
-        """OR into ``row`` the tokens readable below ``roots`` (lexer ``states`` there) through
-        ``r``; returns the trie nodes where an accepted lexeme may end with the token going on."""
+    def _walk(self, roots: np.ndarray, states: np.ndarray, want: int,
+              out: dict[int, tuple[np.ndarray, int]]) -> None:
+        """One walk of the token trie below ``roots`` (lexer ``states`` there) for the terminals
+        of bitset ``want``: per terminal ``t``, the tokens read while ``t`` stays alive, and the
+        node set (id, -1 if empty) where a lexeme of ``t`` ends with the token going on, into
+        ``out[t]`` (left out when both are empty)."""
         trie = self.vocab.trie
+        lx = self.lexer
+        wanted = _bits(want)
+        slot = np.full(lx.n_terminals, -1, dtype=np.int32)
+        slot[wanted] = np.arange(len(wanted), dtype=np.int32)
+        w = _words_of(want, lx.n_terminals)
+        live = (lx.alive_words & w).any(axis=1)
+        accepts = (lx.accept_words & w).any(axis=1)
+        rows = np.zeros((len(wanted), self.words), dtype=np.uint32)
         while True:
-            nb = walk_lexemes(r.trans, r.accepts, roots, states, trie.byte, trie.depth, trie.end,
-                              trie.tok_ptr, trie.tok_ids, row, self._bnodes, trie.max_depth)
+            nb = walk_terminals(lx.trans, lx.alive_ptr, lx.alive_terms, live, slot, accepts,
+                                roots, states, trie.byte, trie.depth, trie.end, trie.tok_ptr,
+                                trie.tok_ids, rows, self._bnodes, self._bstates, trie.max_depth)
             if nb >= 0:
-                return self._bnodes[:nb].copy()
+                break
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
-            # walk again: the bits already set are allowed tokens, so the row stays right
+            self._bstates = np.empty(len(self._bnodes), dtype=np.int32)
+            # walk again: the bits already set are right, the walk only sets more of the same
+        bnodes, acc = self._bnodes[:nb], lx.accept_words[self._bstates[:nb]]
+        for i, t in enumerate(wanted):
+            ends = bnodes[((acc[:, t >> 6] >> np.uint64(t & 63)) & np.uint64(1)).astype(bool)]
+            if len(ends) or rows[i].any():
+                out[t] = (rows[i], self._node_set(ends))
 
     def _node_set(self, nodes: np.ndarray) -> int:
         """The id of a set of trie nodes (interned: equal sets share one id, and so their pieces
@@ -153,34 +178,49 @@ class CfgCompiledGrammar:
         sid = self._set_ids.get(key)
         if sid is None:
             sid = self._set_ids[key] = len(self._sets)
-            self._sets.append(nodes)
+            self._sets.append(nodes.copy())
         return sid
 
-    def piece(self, key: int, t: int) -> tuple[np.ndarray, int]:
-        """Cached per ``(key, t)``: the tokens that, from ``key``'s trie nodes and lexer state,
-        stay inside one lexeme of terminal ``t``, and the node set (id, -1 if empty) where a
-        lexeme of ``t`` ends with the token going on. ``key >= 0`` is a node set (:meth:`_node_set`)
-        at the lexer start; ``key = ~q`` is the trie root at lexer state ``q``."""
-        hit = self._pieces.get((key, t))
-        if hit is not None:
-            return hit
-        r = self.lexer.restricted(1 << t)
-        row = np.zeros(self.words, dtype=np.uint32)
-        if key >= 0 and not (self._children(key) & self._first_bytes(t)).any():
-            # no token goes on below these nodes with a byte that can start t: nothing to walk
-            hit = self._pieces[(key, t)] = (row, -1)
-            return hit
+    def pieces(self, key: int, allowed: int) -> dict[int, tuple[np.ndarray, int]]:
+        """Per terminal ``t`` of ``allowed`` (others may be listed too): the tokens that from
+        ``key``'s trie nodes and lexer state stay inside one lexeme of ``t``, and the node set
+        (id, -1 if empty) where a lexeme of ``t`` ends with the token going on (terminals with
+        neither are left out). ``key >= 0`` is a node set (:meth:`_node_set`) at the lexer start;
+        ``key = ~q`` is the trie root at lexer state ``q``. Cached per ``(key, t)``; the missing
+        terminals are computed together in one trie walk."""
+        entry = self._pieces.get(key)
+        if entry is None:
+            entry = self._pieces[key] = (self._startable(key), {})
+        missing = allowed & entry[0]
+        if not missing:
+            return entry[1]
+        self._pieces[key] = (entry[0] & ~missing, entry[1])
         if key < 0:
             q = ~key
-            nodes = self._walk(r, np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32),
-                               row)
-            if (self.lexer.accepts[q] >> t) & 1:  # a lexeme may end before the token starts
-                nodes = np.concatenate([np.zeros(1, dtype=np.int64), nodes])
+            self._walk(np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32), missing,
+                       entry[1])
+            for t in _bits(self.lexer.accepts[q] & missing):  # a lexeme may end before the token
+                row, ends = entry[1].get(t, (self._empty, -1))
+                nodes = self._sets[ends] if ends >= 0 else np.zeros(0, dtype=np.int64)
+                entry[1][t] = (row, self._node_set(
+                    np.concatenate([np.zeros(1, dtype=np.int64), nodes])))
         else:
             roots = self._sets[key]
-            nodes = self._walk(r, roots, np.zeros(len(roots), dtype=np.int32), row)
-        hit = self._pieces[(key, t)] = (row, self._node_set(nodes))
-        return hit
+            self._walk(roots, np.zeros(len(roots), dtype=np.int32), missing, entry[1])
+        return entry[1]
+
+    def _startable(self, key: int) -> int:
+        """The terminals whose pieces at ``key`` are still to compute, at first: all of them at a
+        lexer state; below a node set, those that can start with a byte on an edge below it."""
+        if key < 0:
+            return (1 << self.lexer.n_terminals) - 1
+        trie = self.vocab.trie
+        below = np.zeros(256, dtype=np.bool_)
+        child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, below)
+        out = 0
+        for b in np.flatnonzero(below):
+            out |= self._first_byte_terms[b]
+        return out
 
     def level(self, key: int, allowed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Cached per ``(key, allowed)``: the OR of the pieces of the allowed terminals, and the
@@ -190,28 +230,14 @@ class CfgCompiledGrammar:
         if hit is None:
             row = np.zeros(self.words, dtype=np.uint32)
             crossing = []
+            pieces = self.pieces(key, allowed)
             for t in _bits(allowed):
-                r, ends = self.piece(key, t)
-                row |= r
-                if ends >= 0:
-                    crossing.append((t, ends))
+                p = pieces.get(t)
+                if p is not None:
+                    row |= p[0]
+                    if p[1] >= 0:
+                        crossing.append((t, p[1]))
             hit = self._levels[(key, allowed)] = (row, crossing)
-        return hit
-
-    def _children(self, key: int) -> np.ndarray:
-        """The bytes on the trie edges below the nodes of node set ``key`` (cached)."""
-        hit = self._child_bytes.get(key)
-        if hit is None:
-            trie = self.vocab.trie
-            hit = np.zeros(256, dtype=np.bool_)
-            child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, hit)
-            self._child_bytes[key] = hit
-        return hit
-
-    def _first_bytes(self, t: int) -> np.ndarray:
-        hit = self._firsts.get(t)
-        if hit is None:
-            hit = self._firsts[t] = self.lexer.restricted(1 << t).trans[0] >= 0
         return hit
 
     def _fill_from(self, col: Column, key: int, out: np.ndarray) -> None:
@@ -343,6 +369,6 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     start_column(cfg)
     out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
     if cfg.terminals:  # load the numba walk now (once per process), not at the first mask
-        out.piece(~0, 0)
+        out.pieces(~0, 1)
     out.compile_seconds = time.perf_counter() - t0
     return out

@@ -6,9 +6,9 @@ Per state it records, as bitsets over terminals, which terminals are still *aliv
 complete) and which *accept* here. State 0 is the start of a lexeme (no terminal accepts the empty
 string).
 
-:meth:`Lexer.restricted` gives, for a set ``A`` of terminals the parser allows, the transition
-table that keeps only states where a terminal of ``A`` is alive, and the states where one of them
-accepts: the table the token-trie walk uses (cached per ``A``).
+The per-state alive and accepting terminals are also kept as uint64 words, and the alive ones
+as lists (``alive_ptr``/``alive_terms``, CSR) for
+the token-trie walk (:func:`grammars.tokenwalk.walk_terminals`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,7 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, _unique_columns, check_deadline
 from grammars.errors import GrammarTooLargeError
 
-__all__ = ["Lexer", "Restricted", "build_lexer"]
-
-
-@dataclass(frozen=True, eq=False)
-class Restricted:
-    """The lexer restricted to a set of terminals (see :meth:`Lexer.restricted`)."""
-
-    trans: np.ndarray  # int32 (n, 256): -1 where no allowed terminal stays alive
-    accepts: np.ndarray  # bool (n,): some allowed terminal accepts here
+__all__ = ["Lexer", "build_lexer"]
 
 
 @dataclass(eq=False)
@@ -39,27 +31,37 @@ class Lexer:
     alive: list[int]  # per state: bitset of terminals still alive
     accepts: list[int]  # per state: bitset of terminals accepting
     n_terminals: int
-    _alive_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    _accept_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    _restricted: dict[int, Restricted] = field(default_factory=dict, repr=False)
+    accept_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    alive_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    alive_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    alive_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self._alive_words = _words(self.alive, self.n_terminals)
-        self._accept_words = _words(self.accepts, self.n_terminals)
+        self.accept_words = _words(self.accepts, self.n_terminals)
+        self.alive_words = _words(self.alive, self.n_terminals)
+        lists = [_bit_list(a) for a in self.alive]
+        self.alive_ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        self.alive_ptr[1:] = np.cumsum([len(x) for x in lists])
+        self.alive_terms = np.array([t for x in lists for t in x], dtype=np.int32)
 
     @property
     def n_states(self) -> int:
         return int(self.trans.shape[0])
 
-    def restricted(self, allowed: int) -> Restricted:
-        hit = self._restricted.get(allowed)
-        if hit is None:
-            a = _words([allowed], self.n_terminals)[0]
-            live = (self._alive_words & a).any(axis=1)
-            trans = np.where((self.trans >= 0) & live[np.maximum(self.trans, 0)], self.trans, -1)
-            acc = (self._accept_words & a).any(axis=1)
-            hit = self._restricted[allowed] = Restricted(trans.astype(np.int32), acc)
-        return hit
+    def first_bytes(self, terminals: int) -> np.ndarray:
+        """bool (256,): the bytes that can start a lexeme of one of ``terminals`` (a bitset)."""
+        nxt = self.trans[0]
+        live = (self.alive_words & _words([terminals], self.n_terminals)[0]).any(axis=1)
+        return (nxt >= 0) & live[np.maximum(nxt, 0)]
+
+
+def _bit_list(x: int) -> list[int]:
+    out = []
+    while x:
+        low = x & -x
+        out.append(low.bit_length() - 1)
+        x ^= low
+    return out
 
 
 def _words(bitsets: list[int], n: int) -> np.ndarray:

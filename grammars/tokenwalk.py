@@ -21,7 +21,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "fill_rows", "token_table", "walk_bytes", "walk_lexemes", "walk_token"]
+__all__ = ["child_bytes", "fill_rows", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -95,13 +95,15 @@ def token_table(trans, data, offsets, special, out):
 
 
 @njit(cache=True, nogil=True)
-def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, tok_ids, row,
-                 bnodes, max_depth):
-    """For each ``(roots[r], root_states[r])``: walk the subtree below trie node ``roots[r]``
-    through ``trans`` from ``root_states[r]`` (the DFA state at that node), OR into ``row`` the
-    tokens it can read, and record the nodes below the root where ``accepts`` holds and the trie
-    goes deeper (a lexeme may end there and a next one start): ``bnodes``. Returns
-    how many were recorded, or -1 if ``bnodes`` is too small."""
+def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, root_states, tb,
+                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, max_depth):
+    """Walk the subtree below each trie node ``roots[r]`` through a lexer (``trans``) from
+    ``root_states[r]``, the lexer state at that node, keeping to states where a wanted terminal
+    is alive (``live``). For every token read, OR it into ``rows[slot[t]]`` for each wanted
+    terminal ``t`` (``slot[t] >= 0``) still alive after it (``alive_terms`` from
+    ``alive_ptr[state]`` to ``alive_ptr[state + 1]``). Record the nodes below a root where a wanted terminal
+    accepts (``accepts``) and the trie goes deeper, with their lexer state: ``bnodes`` and
+    ``bstates``. Returns how many were recorded, or -1 if ``bnodes`` is too small."""
     stack = np.empty(max_depth + 2, dtype=np.int32)
     nb = 0
     cap = bnodes.shape[0]
@@ -114,17 +116,23 @@ def walk_lexemes(trans, accepts, roots, root_states, tb, tdepth, tend, tok_ptr, 
         while n < stop:
             d = tdepth[n]
             ns = trans[stack[d - 1], tb[n]]
-            if ns < 0:
+            if ns < 0 or not live[ns]:
                 n = tend[n]
                 continue
             stack[d] = ns
             for k in range(tok_ptr[n], tok_ptr[n + 1]):
-                t = tok_ids[k]
-                row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+                tok = tok_ids[k]
+                w = tok >> 5
+                bit = np.uint32(1) << np.uint32(tok & 31)
+                for j in range(alive_ptr[ns], alive_ptr[ns + 1]):
+                    i = slot[alive_terms[j]]
+                    if i >= 0:
+                        rows[i, w] |= bit
             if accepts[ns] and tend[n] > n + 1:
                 if nb == cap:
                     return -1
                 bnodes[nb] = n
+                bstates[nb] = ns
                 nb += 1
             n += 1
     return nb
