@@ -174,18 +174,48 @@ def lark_to_grammar(text: str, *, start: str = "start") -> Grammar:
 def _check_terminals_nonempty(rules: dict[str, Node], literals: list[tuple[Node, Any]]) -> None:
     """A terminal (named, or a literal inside a rule) that matches the empty string is an error,
     as in lark: a lexeme must consume input."""
-    from grammars.automaton import build_dfa
-
     terms = {k: v for k, v in rules.items() if k.startswith("t:")}
+    nullable = _nullable_rules(terms)
     for name in terms:
-        if build_dfa(Rules(terms, name)).accepting[0]:
+        if nullable[name]:
             raise InvalidGrammarError("terminal matches the empty string",
                                       rule=name.split(":", 1)[1])
     for node, tok in literals:
-        if build_dfa(Rules({**terms, "__literal__": node}, "__literal__")).accepting[0]:
+        if _nullable(node, nullable):
             raise InvalidGrammarError(f"terminal {str(tok)!r} matches the empty string",
                                       line=getattr(tok, "line", None),
                                       column=getattr(tok, "column", None))
+
+
+def _nullable(n: Node, rules: dict[str, bool]) -> bool:
+    """Whether ``n`` matches the empty string, given which rules do."""
+    from grammars.ir import Alt, Automaton, Lit, Repeat, Seq
+
+    if isinstance(n, Ref):
+        return rules.get(n.name, False)
+    if isinstance(n, Lit):
+        return not n.data
+    if isinstance(n, Automaton):
+        return bool(n.accepting[0])
+    if isinstance(n, Seq):
+        return all(_nullable(i, rules) for i in n.items)
+    if isinstance(n, Alt):
+        return any(_nullable(i, rules) for i in n.items)
+    if isinstance(n, Repeat):
+        return n.lo == 0 or _nullable(n.item, rules)
+    return False  # Bytes: one byte
+
+
+def _nullable_rules(rules: dict[str, Node]) -> dict[str, bool]:
+    """Least fixpoint: which rules match the empty string."""
+    out = {k: False for k in rules}
+    changed = True
+    while changed:
+        changed = False
+        for k, n in rules.items():
+            if not out[k] and _nullable(n, out):
+                out[k] = changed = True
+    return out
 
 
 def _refs(node: Node) -> list[str]:
