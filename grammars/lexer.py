@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grammars.automaton import DEFAULT_MAX_STATES, Dfa, _unique_columns, check_deadline
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, check_deadline
 from grammars.errors import GrammarTooLargeError
 
 __all__ = ["Lexer", "build_lexer"]
@@ -75,46 +75,65 @@ def _words(bitsets: list[int], n: int) -> np.ndarray:
     return out
 
 
+#: Frontier states expanded together (bounds the (states, 256, terminals) array of successors).
+_BLOCK_ENTRIES = 1 << 22
+
+
 def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -> Lexer:
     """The product DFA of ``terminals`` (each with start state 0, none accepting the empty
-    string). Raises :class:`GrammarTooLargeError` past ``max_states`` states."""
+    string). Raises :class:`GrammarTooLargeError` past ``max_states`` states.
+
+    Breadth-first and vectorized: a block of frontier states is expanded over all 256 bytes at
+    once (the terminals' tables stacked into one, a dead row at the end), and the new state
+    vectors are found by deduplicating rows."""
     k = len(terminals)
-    trans_of = [t.trans for t in terminals]
-    acc_of = [t.accepting for t in terminals]
-    start = tuple(0 for _ in range(k))
-    ids: dict[tuple[int, ...], int] = {start: 0}
-    order: list[tuple[int, ...]] = [start]
+    sizes = [t.trans.shape[0] for t in terminals]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    dead = int(offs[-1])
+    table = np.full((dead + 1, 256), dead, dtype=np.int32)
+    for t, term in enumerate(terminals):
+        table[offs[t]:offs[t + 1]] = np.where(term.trans >= 0, term.trans + offs[t], dead)
+    accepting = np.concatenate([t.accepting for t in terminals] + [np.zeros(1, dtype=bool)])
+    vecs: list[np.ndarray] = [offs[:-1].copy()]
+    ids: dict[bytes, int] = {vecs[0].tobytes(): 0}
     rows: list[np.ndarray] = []
-    alive: list[int] = []
-    accepts: list[int] = []
-    i = 0
-    while i < len(order):
-        if not i & 255:
+    frontier = [0]
+    block = max(1, _BLOCK_ENTRIES // (256 * max(k, 1)))
+    row_type = np.dtype((np.void, 4 * max(k, 1)))
+    while frontier:
+        nxt_frontier: list[int] = []
+        for b0 in range(0, len(frontier), block):
             check_deadline()
-        cur = order[i]
-        i += 1
-        live = [t for t in range(k) if cur[t] >= 0]
-        alive.append(sum(1 << t for t in live))
-        accepts.append(sum(1 << t for t in live if acc_of[t][cur[t]]))
-        row = np.full(256, -1, dtype=np.int32)
-        if live:
-            cols = np.stack([trans_of[t][cur[t]] for t in live])  # (len(live), 256)
-            uniq, inverse = _unique_columns(cols)
-            for c in range(uniq.shape[1]):
-                col = uniq[:, c]
-                if (col < 0).all():
-                    continue
-                nxt = [-1] * k
-                for j, t in enumerate(live):
-                    nxt[t] = int(col[j])
-                key = tuple(nxt)
-                sid = ids.get(key)
-                if sid is None:
-                    sid = ids[key] = len(order)
-                    order.append(key)
-                    if len(order) > max_states:
-                        raise GrammarTooLargeError(
-                            f"the lexer of this grammar needs more than {max_states} states")
-                row[inverse == c] = sid
-        rows.append(row)
-    return Lexer(np.stack(rows), alive, accepts, k)
+            states = np.stack([vecs[i] for i in frontier[b0:b0 + block]])  # (m, k)
+            succ = table[states].transpose(0, 2, 1)  # (m, 256, k)
+            live = (succ != dead).any(axis=2)  # (m, 256)
+            out = np.full(live.shape, -1, dtype=np.int32)
+            found = np.ascontiguousarray(succ[live])  # (x, k)
+            if len(found):
+                uniq, first, inverse = np.unique(found.view(row_type).ravel(), return_index=True,
+                                                 return_inverse=True)
+                sid = np.empty(len(uniq), dtype=np.int32)
+                for j in range(len(uniq)):
+                    key = found[first[j]].tobytes()
+                    hit = ids.get(key)
+                    if hit is None:
+                        hit = ids[key] = len(vecs)
+                        vecs.append(found[first[j]])
+                        nxt_frontier.append(hit)
+                        if len(vecs) > max_states:
+                            raise GrammarTooLargeError(
+                                f"the lexer of this grammar needs more than {max_states} states")
+                    sid[j] = hit
+                out[live] = sid[inverse.ravel()]
+            rows.extend(out)
+        frontier = nxt_frontier
+    states = np.stack(vecs)  # (n, k); state ids are in BFS order, as rows were appended
+    alive_bits = _bitsets(states != dead)
+    accept_bits = _bitsets(accepting[states])
+    return Lexer(np.stack(rows), alive_bits, accept_bits, k)
+
+
+def _bitsets(flags: np.ndarray) -> list[int]:
+    """Rows of a bool (n, k) array as Python-int bitsets (bit t = column t)."""
+    packed = np.packbits(flags, axis=1, bitorder="little")
+    return [int.from_bytes(r.tobytes(), "little") for r in packed]
