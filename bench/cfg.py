@@ -12,7 +12,9 @@ whitespace spelled out). All on SmolLM2's tokenizer, in one process, one run.
   (mean, median, p99, max). Caches warm up during the walk (ours: per-terminal token pieces;
   xgrammar: its adaptive mask cache; llguidance: its lexer state cache): the pooled numbers include
   that. A second walk over the same strings with the same compiled grammar ("warm") is reported
-  for every engine too.
+  for every engine too. Each walk starts after ``gc.collect()`` (garbage from compiles or the
+  previous engine is not charged to it); the collector stays on during the walk, so pauses the
+  walk's own allocations cause are counted.
 
 Corpora: JSON, 24 documents drawn at random (seeded; nested objects and arrays, strings, numbers,
 literals), half compact and half indented; SQL, 16 hand-written queries in the subset.
@@ -23,6 +25,7 @@ literals), half compact and half indented; SQL, 16 hand-written queries in the s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -184,6 +187,9 @@ class _Xgr(_Ours):
 
 
 def _walk(engine: Any, compiled: Any, corpus: list[list[int]], eos: int) -> list[float]:
+    # start from a collected heap: garbage left by compiles or by the previous engine must not
+    # trigger a full collection inside this walk (collections the walk itself causes still count)
+    gc.collect()
     times: list[float] = []
     for ids in corpus:
         st = engine.matcher(compiled)

@@ -48,6 +48,11 @@ __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
 
 Hyp = tuple[Column, int]
 
+#: Memory for the rows kept per (column core, node set) (see ``CfgCompiledGrammar._fill_from``).
+SUBTREE_CACHE_BYTES = 64 << 20
+
+_NO_IDS: frozenset[int] = frozenset()
+
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
 
@@ -80,6 +85,7 @@ class CfgCompiledGrammar:
         default_factory=dict, repr=False)
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
+    _subtrees: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
     _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
     _sets: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -92,6 +98,8 @@ class CfgCompiledGrammar:
         self._bnodes = np.empty(1 << 16, dtype=np.int64)
         self._bstates = np.empty(1 << 16, dtype=np.int32)
         self._empty = np.zeros(self.words, dtype=np.uint32)
+        self._last_view: tuple[Any, np.ndarray] | None = None
+        self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
         lx = self.lexer
         self._first_byte_terms = [lx.alive[s] if s >= 0 else 0 for s in lx.trans[0].tolist()]
 
@@ -240,20 +248,67 @@ class CfgCompiledGrammar:
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit
 
-    def _fill_from(self, col: Column, key: int, out: np.ndarray) -> None:
+    def _fill_from(self, col: Column, key: int, out: np.ndarray) -> frozenset[int] | set[int]:
+        """OR into ``out`` the tokens allowed from ``col`` below node set / lexer state ``key``.
+        Returns the ids of the columns outside this subtree (before ``col``) whose items were
+        completed on the way: when there are none, the rows depend only on ``col.core()``, and
+        are kept per ``(core, key)`` for every later column with that core (a token of 64
+        ``-`` under nested unary minus is then read once, not at every expression)."""
         row, crossing = self.level(key, col.expected)
-        out |= row
+        if not crossing:
+            out |= row
+            return _NO_IDS
+        memo_key = (col.core(), key)
+        hit = self._subtrees.get(memo_key)
+        if hit is not None:
+            out |= hit
+            return _NO_IDS
+        sub = row.copy()
+        outside: set[int] = set()
         for t, ends in crossing:
             nxt = col.scan(t)
-            if nxt is not None:
-                self._fill_from(nxt, ends, out)
+            if nxt is None:
+                continue
+            outside |= col.pops(t)
+            below = self._fill_from(nxt, ends, sub)
+            if below:
+                outside |= below
+                outside.discard(id(col))
+        out |= sub
+        if not outside:
+            if len(self._subtrees) >= self._max_subtrees:
+                for k in list(self._subtrees)[: len(self._subtrees) // 2]:  # oldest half
+                    del self._subtrees[k]
+            self._subtrees[memo_key] = sub
+        return outside
 
-    def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray) -> None:
-        """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``."""
+    def row_view(self, bitmask: Any, row: int) -> np.ndarray | None:
+        """``bitmask[row]`` as uint32 words sharing its memory (a numpy array, or a CPU torch
+        tensor), or None when it cannot be written in place (another device or width). The view
+        of the last bitmask is kept, so a loop that reuses one bitmask pays for it once."""
+        last = self._last_view
+        if last is not None and last[0] is bitmask:
+            arr = last[1]
+        else:
+            if isinstance(bitmask, np.ndarray):
+                arr = bitmask
+            elif bitmask.device.type == "cpu" and not bitmask.requires_grad:
+                arr = bitmask.numpy()
+            else:
+                return None
+            if arr.dtype != np.int32 or arr.ndim != 2 or arr.shape[1] != self.words:
+                return None
+            arr = arr.view(np.uint32)
+            self._last_view = (bitmask, arr)
+        return arr[row]
+
+    def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray, *, accepting: bool) -> None:
+        """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``; EOS when
+        ``accepting`` (``self.accepting(hyps)``)."""
         out[:] = 0
         for col, q in hyps:
             self._fill_from(col, ~q, out)
-        if self.accepting(hyps):
+        if accepting:
             out |= self._eos_words
 
 
@@ -261,17 +316,22 @@ class CfgMatcher:
     """Incremental matcher of a context-free grammar; the same interface as
     :class:`grammars.compiled.Matcher` (see the module docstring for the semantics)."""
 
-    __slots__ = ("_g", "_hist", "_hyps", "_terminated")
+    __slots__ = ("_acc", "_g", "_hist", "_hyps", "_terminated")
 
     def __init__(self, compiled: CfgCompiledGrammar) -> None:
         self._g = compiled
         self._hyps: tuple[Hyp, ...] = ((start_column(compiled.cfg), 0),)
         self._hist: tuple | None = None
         self._terminated = False
+        self._acc: bool | None = None  # is_accepting() of the current hypotheses, once asked
 
     # ---- queries ------------------------------------------------------------------------------
     def is_accepting(self) -> bool:
-        return not self._terminated and self._g.accepting(self._hyps)
+        if self._terminated:
+            return False
+        if self._acc is None:
+            self._acc = self._g.accepting(self._hyps)
+        return self._acc
 
     def is_terminated(self) -> bool:
         return self._terminated
@@ -300,9 +360,15 @@ class CfgMatcher:
         return bool(tok) and bool(self._after(tok))
 
     def fill_next_token_bitmask(self, bitmask: Any, row: int = 0) -> None:
-        words = np.zeros(self._g.words, dtype=np.uint32)
-        if not self._terminated:
-            self._g.fill(self._hyps, words)
+        g = self._g
+        dst = g.row_view(bitmask, row)
+        words = dst if dst is not None else np.zeros(g.words, dtype=np.uint32)
+        if self._terminated:
+            words[:] = 0
+        else:
+            g.fill(self._hyps, words, accepting=self.is_accepting())
+        if dst is not None:
+            return
         if isinstance(bitmask, np.ndarray):
             bitmask[row] = words.view(np.int32)
         else:
@@ -323,6 +389,7 @@ class CfgMatcher:
             self._terminated = True
         else:
             self._hyps = self._after(self._g.vocab.tokens[token_id])
+            self._acc = None
         return True
 
     def accept_bytes(self, data: bytes) -> bool:
@@ -333,6 +400,7 @@ class CfgMatcher:
             return False
         self._hist = (self._hyps, self._terminated, self._hist)
         self._hyps = hyps
+        self._acc = None
         return True
 
     def accept_string(self, text: str) -> bool:
@@ -343,9 +411,11 @@ class CfgMatcher:
             if self._hist is None:
                 raise ValueError("cannot roll back past the start")
             self._hyps, self._terminated, self._hist = self._hist
+            self._acc = None
 
     def reset(self) -> None:
         self._hyps = ((start_column(self._g.cfg), 0),)
+        self._acc = None
         self._hist = None
         self._terminated = False
 
@@ -353,6 +423,7 @@ class CfgMatcher:
         m = CfgMatcher.__new__(CfgMatcher)
         m._g = self._g
         m._hyps = self._hyps
+        m._acc = self._acc
         m._hist = self._hist
         m._terminated = self._terminated
         return m

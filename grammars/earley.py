@@ -88,6 +88,7 @@ def _predicted(g: Cfg, nts: frozenset[int]) -> _Predicted:
     return hit
 
 
+_NO_IDS: frozenset[int] = frozenset()
 _NOTHING = _Predicted.__new__(_Predicted)
 _NOTHING.nts, _NOTHING.waiting, _NOTHING.expected = frozenset(), {}, 0
 
@@ -102,8 +103,8 @@ class Column:
       set of predicted nonterminals, :class:`_Predicted`).
     """
 
-    __slots__ = ("__weakref__", "_none", "_scans", "accepting", "expected", "g", "index",
-                 "predicted", "waiting")
+    __slots__ = ("__weakref__", "_core", "_none", "_pops", "_scans", "accepting", "expected", "g",
+                 "index", "predicted", "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
         self.g = g
@@ -114,6 +115,8 @@ class Column:
         self.accepting = False
         self._scans: dict[int, weakref.ref[Column]] = {}
         self._none = 0  # bitset: terminals with no successor
+        self._pops: dict[int, frozenset[int]] | None = None
+        self._core: tuple | None = None
 
     def __repr__(self) -> str:
         return f"Column(index={self.index}, expected={bin(self.expected)}, accepting={self.accepting})"
@@ -126,13 +129,31 @@ class Column:
             out.extend((p, d, self) for p, d in own)
         return out
 
-    def _close(self, kernel: list[tuple[int, int, Column]], root: Column) -> None:
+    def core(self) -> tuple:
+        """The column without its items' origins: what it predicts and its waiting items'
+        ``(production, dot)``. Columns with equal cores expect the same terminals, and scanning
+        from them gives columns with equal cores, until an item started before them completes
+        (:meth:`pops`)."""
+        if self._core is None:
+            self._core = (id(self.predicted), frozenset(
+                (p, d) for lst in self.waiting.values() for p, d, _ in lst))
+        return self._core
+
+    def pops(self, terminal: int) -> frozenset[int]:
+        """The ids of the columns before this one whose items were completed in building
+        ``self.scan(terminal)`` (empty when scanning it only advanced this column's items or
+        completed items started here). Valid after that scan."""
+        return _NO_IDS if self._pops is None else self._pops.get(terminal, _NO_IDS)
+
+    def _close(self, kernel: list[tuple[int, int, Column]], root: Column) -> set[int]:
         """Close the kernel items (all started before this column): the items they wait on are
-        predicted (in bulk, :class:`_Predicted`); completed items advance their origins' items."""
+        predicted (in bulk, :class:`_Predicted`); completed items advance their origins' items.
+        Returns the ids of the origins of the completed items."""
         g = self.g
         prods = g.productions
         nullable = g.nullable
         seen: set[tuple[int, int, int]] = set()
+        popped: set[int] = set()
         predicted: set[int] = set()
         agenda: list[tuple[int, int, Column]] = []
         for item in kernel:
@@ -166,6 +187,7 @@ class Column:
                         agenda.append((p, dot + 1, origin))
                 continue
             lhs = prods[p].lhs
+            popped.add(id(origin))
             if lhs == g.start and origin is root:
                 self.accepting = True
             owaiting = origin.waiting.get(~lhs)
@@ -186,6 +208,7 @@ class Column:
         if predicted:
             self.predicted = _predicted(g, frozenset(predicted))
         self.expected = expected | self.predicted.expected
+        return popped
 
     def scan(self, terminal: int) -> Column | None:
         """The column after ``terminal`` (memoized), or None when no item expects it."""
@@ -201,7 +224,12 @@ class Column:
             self._none |= 1 << terminal
             return None
         out = Column(self.g, self.index + 1)
-        out._close([(p, d + 1, o) for p, d, o in items], _root(self))
+        popped = out._close([(p, d + 1, o) for p, d, o in items], _root(self))
+        popped.discard(id(self))
+        if popped:
+            if self._pops is None:
+                self._pops = {}
+            self._pops[terminal] = frozenset(popped)
         out = _intern(out)
         self._scans[terminal] = weakref.ref(out)
         self.g._earley_recent.append(out)  # type: ignore[attr-defined]

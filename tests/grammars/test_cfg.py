@@ -136,6 +136,36 @@ def test_masks_agree_with_check_token(name, builtin_cases, smollm2_tokenizer, sm
     assert full_checks == 2
 
 
+def test_masks_reused_across_equal_parse_cores_stay_exact():
+    """Rows kept per (column core, trie nodes) are reused only where the token cannot complete
+    items started before the column: walks through nested unary minus and parentheses, with
+    tokens that end inside a chain of ``-`` or close several levels at once, compared with
+    ``check_token`` for every token at every step."""
+    g = Grammar.from_lark("""
+        start: e
+        e: "-" e | "(" e ")" | NUM | e "+" e
+        NUM: /[0-9]/
+    """)
+    pieces = ["-", "--", "---", "----", "-----", "--1", "-1", "1", "1)", "1))", "))", ")", "(",
+              "((", "(-", "-(", "--(", "+", "+-", "1+", "-1)", "---1))", "2"]
+    vocab = grammars.Vocabulary([p.encode() for p in pieces] + [b""], eos_token_id=len(pieces))
+    c = grammars.compile(g, vocab)
+    rng = np.random.default_rng(5)
+    compared = 0
+    for _ in range(60):
+        m = c.matcher()
+        for _step in range(14):
+            bits = _mask_bits(m, vocab.size)
+            for u in range(vocab.size):
+                assert bits[u] == m.check_token(u), (u, vocab.tokens[u])
+                compared += 1
+            allowed = np.flatnonzero(bits[: len(pieces)])
+            if not len(allowed):
+                break
+            assert m.accept_token(int(rng.choice(allowed)))
+    assert compared > 10_000
+
+
 def test_left_recursion_ambiguity_and_nullable_rules(byte_vocab):
     g = Grammar.from_lark("""
         start: e
