@@ -81,7 +81,7 @@ class CfgCompiledGrammar:
     cfg: Cfg
     lexer: Lexer
     compile_seconds: float = 0.0
-    _pieces: dict[int, tuple[int, dict[int, tuple[np.ndarray, int]]]] = field(
+    _pieces: dict[int, tuple[int, dict[int, tuple[np.ndarray, int | None]]]] = field(
         default_factory=dict, repr=False)
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
@@ -99,6 +99,7 @@ class CfgCompiledGrammar:
         self._bstates = np.empty(1 << 16, dtype=np.int32)
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._last_view: tuple[Any, np.ndarray] | None = None
+        self._sets_scratch: np.ndarray | None = None
         self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
         lx = self.lexer
         self._first_byte_terms = [lx.alive[s] if s >= 0 else 0 for s in lx.trans[0].tolist()]
@@ -148,10 +149,10 @@ class CfgCompiledGrammar:
 
     # ---- masks -------------------------------------------------------------------------------
     def _walk(self, roots: np.ndarray, states: np.ndarray, want: int,
-              out: dict[int, tuple[np.ndarray, int]]) -> None:
+              out: dict[int, tuple[np.ndarray, int | None]]) -> None:
         """One walk of the token trie below ``roots`` (lexer ``states`` there) for the terminals
         of bitset ``want``: per terminal ``t``, the tokens read while ``t`` stays alive, and the
-        node set (id, -1 if empty) where a lexeme of ``t`` ends with the token going on, into
+        node set (:meth:`_node_set`) where a lexeme of ``t`` ends with the token going on, into
         ``out[t]`` (left out when both are empty)."""
         trie = self.vocab.trie
         lx = self.lexer
@@ -162,10 +163,13 @@ class CfgCompiledGrammar:
         live = (lx.alive_words & w).any(axis=1)
         accepts = (lx.accept_words & w).any(axis=1)
         rows = np.zeros((len(wanted), self.words), dtype=np.uint32)
+        if self._sets_scratch is None:
+            self._sets_scratch = np.empty((trie.max_depth + 2, lx.n_states), dtype=np.int32)
         while True:
             nb = walk_terminals(lx.trans, lx.alive_ptr, lx.alive_terms, live, slot, accepts,
                                 roots, states, trie.byte, trie.depth, trie.end, trie.tok_ptr,
-                                trie.tok_ids, rows, self._bnodes, self._bstates, trie.max_depth)
+                                trie.tok_ids, rows, self._bnodes, self._bstates,
+                                self._sets_scratch, np.zeros(lx.n_states, dtype=np.int32))
             if nb >= 0:
                 break
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
@@ -174,14 +178,19 @@ class CfgCompiledGrammar:
         bnodes, acc = self._bnodes[:nb], lx.accept_words[self._bstates[:nb]]
         for i, t in enumerate(wanted):
             ends = bnodes[((acc[:, t >> 6] >> np.uint64(t & 63)) & np.uint64(1)).astype(bool)]
+            if len(ends) > 1:  # a node appears once per accepting state, in walk (node) order
+                ends = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]
             if len(ends) or rows[i].any():
                 out[t] = (rows[i], self._node_set(ends))
 
-    def _node_set(self, nodes: np.ndarray) -> int:
-        """The id of a set of trie nodes (interned: equal sets share one id, and so their pieces
-        and levels), or -1 for the empty set."""
+    def _node_set(self, nodes: np.ndarray) -> int | None:
+        """The key of a set of trie nodes at the lexer start: an id (interned: equal sets share
+        one, and so their pieces and levels), ``~0`` for the trie root alone (the same as the
+        root at lexer state 0), None for the empty set."""
         if not len(nodes):
-            return -1
+            return None
+        if len(nodes) == 1 and nodes[0] == 0:
+            return ~0
         key = nodes.tobytes()
         sid = self._set_ids.get(key)
         if sid is None:
@@ -189,11 +198,11 @@ class CfgCompiledGrammar:
             self._sets.append(nodes.copy())
         return sid
 
-    def pieces(self, key: int, allowed: int) -> dict[int, tuple[np.ndarray, int]]:
+    def pieces(self, key: int, allowed: int) -> dict[int, tuple[np.ndarray, int | None]]:
         """Per terminal ``t`` of ``allowed`` (others may be listed too): the tokens that from
         ``key``'s trie nodes and lexer state stay inside one lexeme of ``t``, and the node set
-        (id, -1 if empty) where a lexeme of ``t`` ends with the token going on (terminals with
-        neither are left out). ``key >= 0`` is a node set (:meth:`_node_set`) at the lexer start;
+        (:meth:`_node_set`, None if empty) where a lexeme of ``t`` ends with the token going on
+        (terminals with neither are left out). ``key >= 0`` is a node set at the lexer start;
         ``key = ~q`` is the trie root at lexer state ``q``. Cached per ``(key, t)``; the missing
         terminals are computed together in one trie walk."""
         entry = self._pieces.get(key)
@@ -203,25 +212,26 @@ class CfgCompiledGrammar:
         if not missing:
             return entry[1]
         self._pieces[key] = (entry[0] & ~missing, entry[1])
+        hit = entry[1]
         if key < 0:
             q = ~key
-            self._walk(np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32), missing,
-                       entry[1])
+            self._walk(np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32), missing, hit)
             for t in _bits(self.lexer.accepts[q] & missing):  # a lexeme may end before the token
-                row, ends = entry[1].get(t, (self._empty, -1))
-                nodes = self._sets[ends] if ends >= 0 else np.zeros(0, dtype=np.int64)
-                entry[1][t] = (row, self._node_set(
-                    np.concatenate([np.zeros(1, dtype=np.int64), nodes])))
+                row, ends = hit.get(t, (self._empty, None))
+                nodes = self._sets[ends] if ends is not None else np.zeros(0, dtype=np.int64)
+                hit[t] = (row, self._node_set(np.concatenate([np.zeros(1, dtype=np.int64),
+                                                              nodes])))
         else:
             roots = self._sets[key]
-            self._walk(roots, np.zeros(len(roots), dtype=np.int32), missing, entry[1])
-        return entry[1]
+            self._walk(roots, np.zeros(len(roots), dtype=np.int32), missing, hit)
+        return hit
 
     def _startable(self, key: int) -> int:
-        """The terminals whose pieces at ``key`` are still to compute, at first: all of them at a
-        lexer state; below a node set, those that can start with a byte on an edge below it."""
+        """The terminals whose pieces at ``key`` may be non-empty (still to compute, at first):
+        those alive at a lexer state; below a node set, those that can start with a byte on an
+        edge below it."""
         if key < 0:
-            return (1 << self.lexer.n_terminals) - 1
+            return self.lexer.alive[~key]
         trie = self.vocab.trie
         below = np.zeros(256, dtype=np.bool_)
         child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, below)
@@ -243,7 +253,7 @@ class CfgCompiledGrammar:
                 p = pieces.get(t)
                 if p is not None:
                     row |= p[0]
-                    if p[1] >= 0:
+                    if p[1] is not None:
                         crossing.append((t, p[1]))
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit

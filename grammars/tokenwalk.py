@@ -96,44 +96,89 @@ def token_table(trans, data, offsets, special, out):
 
 @njit(cache=True, nogil=True)
 def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, root_states, tb,
-                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, max_depth):
-    """Walk the subtree below each trie node ``roots[r]`` through a lexer (``trans``) from
-    ``root_states[r]``, the lexer state at that node, keeping to states where a wanted terminal
-    is alive (``live``). For every token read, OR it into ``rows[slot[t]]`` for each wanted
-    terminal ``t`` (``slot[t] >= 0``) still alive after it (``alive_terms`` from
-    ``alive_ptr[state]`` to ``alive_ptr[state + 1]``). Record the nodes below a root where a wanted terminal
-    accepts (``accepts``) and the trie goes deeper, with their lexer state: ``bnodes`` and
-    ``bstates``. Returns how many were recorded, or -1 if ``bnodes`` is too small."""
-    stack = np.empty(max_depth + 2, dtype=np.int32)
-    nb = 0
+                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark):
+    """Read the token trie through a lexer (``trans``) from the *roots*: below trie node
+    ``roots[r]`` (sorted) a lexeme starts in lexer state ``root_states[r]``. Every node gets the
+    set of lexer states the input can be in there (one per root above it, deduplicated, kept to
+    states where a wanted terminal is alive: ``live``), so nested roots are read in one pass.
+
+    For every token whose node has a state, OR it into ``rows[slot[t]]`` for each wanted
+    terminal ``t`` (``slot[t] >= 0``) alive in such a state (``alive_terms`` from
+    ``alive_ptr[state]`` to ``alive_ptr[state + 1]``). Record the nodes with children where a
+    state accepts a wanted terminal (``accepts``), with that state: ``bnodes``/``bstates`` (a
+    node once per accepting state). ``sets`` (trie depth + 2, lexer states) and ``mark`` (lexer
+    states, zeros) are scratch. Returns how many were recorded, or -1 if ``bnodes`` is too
+    small."""
+    cnt = np.zeros(sets.shape[0], dtype=np.int32)
+    seed = np.full(sets.shape[0], -1, dtype=np.int32)  # per depth on the path: root state or -1
     cap = bnodes.shape[0]
     total = tb.shape[0]
-    for r in range(roots.shape[0]):
-        root = roots[r]
-        stack[tdepth[root]] = root_states[r]
-        n = root + 1
-        stop = total if root == 0 else tend[root]
+    nb = 0
+    gen = 0
+    ri = 0
+    n_roots = roots.shape[0]
+    while ri < n_roots:
+        top = roots[ri]
+        cnt[tdepth[top]] = 0
+        seed[tdepth[top]] = root_states[ri]
+        ri += 1
+        stop = total if top == 0 else tend[top]
+        n = top + 1
         while n < stop:
             d = tdepth[n]
-            ns = trans[stack[d - 1], tb[n]]
-            if ns < 0 or not live[ns]:
-                n = tend[n]
+            b = tb[n]
+            gen += 1
+            c = 0
+            ps = seed[d - 1]
+            if ps >= 0:
+                ns = trans[ps, b]
+                if ns >= 0 and live[ns]:
+                    mark[ns] = gen
+                    sets[d, 0] = ns
+                    c = 1
+            for k in range(cnt[d - 1]):
+                ns = trans[sets[d - 1, k], b]
+                if ns >= 0 and live[ns] and mark[ns] != gen:
+                    mark[ns] = gen
+                    sets[d, c] = ns
+                    c += 1
+            cnt[d] = c
+            if ri < n_roots and roots[ri] == n:
+                seed[d] = root_states[ri]
+                ri += 1
+            else:
+                seed[d] = -1
+            if c == 0 and seed[d] < 0:
+                if ri < n_roots and roots[ri] < tend[n]:
+                    # nothing alive here, but a root lies below: go straight to it (the nodes in
+                    # between have no state either)
+                    r = roots[ri]
+                    cnt[tdepth[r] - 1] = 0
+                    seed[tdepth[r] - 1] = -1
+                    n = r
+                else:
+                    n = tend[n]
                 continue
-            stack[d] = ns
-            for k in range(tok_ptr[n], tok_ptr[n + 1]):
-                tok = tok_ids[k]
-                w = tok >> 5
-                bit = np.uint32(1) << np.uint32(tok & 31)
-                for j in range(alive_ptr[ns], alive_ptr[ns + 1]):
-                    i = slot[alive_terms[j]]
-                    if i >= 0:
-                        rows[i, w] |= bit
-            if accepts[ns] and tend[n] > n + 1:
-                if nb == cap:
-                    return -1
-                bnodes[nb] = n
-                bstates[nb] = ns
-                nb += 1
+            if c > 0:
+                for k in range(tok_ptr[n], tok_ptr[n + 1]):
+                    tok = tok_ids[k]
+                    w = tok >> 5
+                    bit = np.uint32(1) << np.uint32(tok & 31)
+                    for j in range(c):
+                        st = sets[d, j]
+                        for a in range(alive_ptr[st], alive_ptr[st + 1]):
+                            i = slot[alive_terms[a]]
+                            if i >= 0:
+                                rows[i, w] |= bit
+                if tend[n] > n + 1:
+                    for j in range(c):
+                        st = sets[d, j]
+                        if accepts[st]:
+                            if nb == cap:
+                                return -1
+                            bnodes[nb] = n
+                            bstates[nb] = st
+                            nb += 1
             n += 1
     return nb
 
