@@ -88,6 +88,64 @@ def _predicted(g: Cfg, nts: frozenset[int]) -> _Predicted:
     return hit
 
 
+class _Cascade:
+    """What completing nonterminal ``X`` at a column that predicts ``P`` does to ``P``'s items
+    (origin that column), the same for every such column: they advance over ``X``, and over the
+    nonterminals that completes in turn (``done``, ``X`` first; ``accepts`` if the start symbol is
+    among them), and over nullable symbols. ``by_sym``: the advanced items ``(production, dot)``
+    per next symbol; ``expected``: the terminals among those symbols; ``predict``: the
+    nonterminals they make the completing column predict."""
+
+    __slots__ = ("accepts", "by_sym", "done", "expected", "predict")
+
+    def __init__(self, g: Cfg, pred: _Predicted, x: int) -> None:
+        prods = g.productions
+        done = [x]
+        done_set = {x}
+        advanced: set[tuple[int, int]] = set()
+        self.by_sym: dict[int, list[tuple[int, int]]] = {}
+        self.expected = 0
+        predict: set[int] = set()
+        k = 0
+        while k < len(done):
+            y = done[k]
+            k += 1
+            for p, d in pred.waiting.get(~y, ()):
+                d += 1
+                rhs = prods[p].rhs
+                while True:
+                    if d == len(rhs):
+                        lhs = prods[p].lhs
+                        if lhs not in done_set:
+                            done_set.add(lhs)
+                            done.append(lhs)
+                        break
+                    if (p, d) in advanced:
+                        break
+                    advanced.add((p, d))
+                    sym = rhs[d]
+                    self.by_sym.setdefault(sym, []).append((p, d))
+                    if sym >= 0:
+                        self.expected |= 1 << sym
+                        break
+                    predict |= _prediction_closure(g, ~sym)
+                    if not g.nullable[~sym]:
+                        break
+                    d += 1
+        self.done = tuple(done)
+        self.accepts = g.start in done_set
+        self.predict = frozenset(predict)
+
+
+def _cascade(g: Cfg, pred: _Predicted, x: int) -> _Cascade:
+    table = g._earley_cascades  # type: ignore[attr-defined]
+    key = (id(pred), x)
+    hit = table.get(key)
+    if hit is None:
+        hit = table[key] = _Cascade(g, pred, x)
+    return hit
+
+
 _NO_IDS: frozenset[int] = frozenset()
 _NOTHING = _Predicted.__new__(_Predicted)
 _NOTHING.nts, _NOTHING.waiting, _NOTHING.expected = frozenset(), {}, 0
@@ -153,6 +211,7 @@ class Column:
         prods = g.productions
         nullable = g.nullable
         seen: set[tuple[int, int, int]] = set()
+        completed: set[tuple[int, int]] = set()  # (nonterminal, id(origin)) completed here
         popped: set[int] = set()
         predicted: set[int] = set()
         agenda: list[tuple[int, int, Column]] = []
@@ -187,24 +246,30 @@ class Column:
                         agenda.append((p, dot + 1, origin))
                 continue
             lhs = prods[p].lhs
+            done_key = (lhs, id(origin))
+            if done_key in completed:
+                continue
+            completed.add(done_key)
             popped.add(id(origin))
-            if lhs == g.start and origin is root:
+            cas = _cascade(g, origin.predicted, lhs)
+            if cas.accepts and origin is root:
                 self.accepting = True
-            owaiting = origin.waiting.get(~lhs)
-            if owaiting:
-                for w in owaiting:
-                    key = (w[0], w[1] + 1, id(w[2]))
-                    if key not in seen:
-                        seen.add(key)
-                        agenda.append((w[0], w[1] + 1, w[2]))
-            opred = origin.predicted.waiting.get(~lhs)
-            if opred:
-                oid = id(origin)
-                for wp, wd in opred:
-                    key = (wp, wd + 1, oid)
-                    if key not in seen:
-                        seen.add(key)
-                        agenda.append((wp, wd + 1, origin))
+            for y in cas.done:  # the items started before the origin advance one by one
+                owaiting = origin.waiting.get(~y)
+                if owaiting:
+                    for w in owaiting:
+                        key = (w[0], w[1] + 1, id(w[2]))
+                        if key not in seen:
+                            seen.add(key)
+                            agenda.append((w[0], w[1] + 1, w[2]))
+            if cas.by_sym:  # the items started at the origin advance in bulk
+                for sym, pds in cas.by_sym.items():
+                    lst = waiting.get(sym)
+                    if lst is None:
+                        lst = waiting[sym] = []
+                    lst.extend([(p2, d2, origin) for p2, d2 in pds])
+                expected |= cas.expected
+                predicted |= cas.predict
         if predicted:
             self.predicted = _predicted(g, frozenset(predicted))
         self.expected = expected | self.predicted.expected
@@ -265,6 +330,7 @@ def start_column(g: Cfg) -> Column:
     if root is None:
         g._earley_closures = {}  # type: ignore[attr-defined]
         g._earley_predicted = {}  # type: ignore[attr-defined]
+        g._earley_cascades = {}  # type: ignore[attr-defined]
         root = Column(g, 0)
         g._earley_root = root  # type: ignore[attr-defined]
         g._earley_intern = weakref.WeakValueDictionary()  # type: ignore[attr-defined]
