@@ -41,7 +41,7 @@ from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
 from grammars.lexer import Lexer
-from grammars.tokenwalk import child_bytes, walk_terminals
+from grammars.tokenwalk import child_bytes, split_ends, walk_terminals
 from grammars.vocab import Vocabulary
 
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
@@ -100,6 +100,7 @@ class CfgCompiledGrammar:
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._last_view: tuple[Any, np.ndarray] | None = None
         self._sets_scratch: np.ndarray | None = None
+        self._state_rows: np.ndarray | None = None
         self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
         lx = self.lexer
         self._first_byte_terms = [lx.alive[s] if s >= 0 else 0 for s in lx.trans[0].tolist()]
@@ -165,21 +166,22 @@ class CfgCompiledGrammar:
         rows = np.zeros((len(wanted), self.words), dtype=np.uint32)
         if self._sets_scratch is None:
             self._sets_scratch = np.empty((trie.max_depth + 2, lx.n_states), dtype=np.int32)
+            self._state_rows = np.empty((min(lx.n_states, 256), self.words), dtype=np.uint32)
         while True:
             nb = walk_terminals(lx.trans, lx.alive_ptr, lx.alive_terms, live, slot, accepts,
                                 roots, states, trie.byte, trie.depth, trie.end, trie.tok_ptr,
                                 trie.tok_ids, rows, self._bnodes, self._bstates,
-                                self._sets_scratch, np.zeros(lx.n_states, dtype=np.int32))
+                                self._sets_scratch, np.zeros(lx.n_states, dtype=np.int32),
+                                self._state_rows)
             if nb >= 0:
                 break
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
             self._bstates = np.empty(len(self._bnodes), dtype=np.int32)
             # walk again: the bits already set are right, the walk only sets more of the same
-        bnodes, acc = self._bnodes[:nb], lx.accept_words[self._bstates[:nb]]
+        stop, start, nodes = split_ends(self._bnodes[:nb], self._bstates[:nb], lx.accept_ptr,
+                                        lx.accept_terms, slot, len(wanted))
         for i, t in enumerate(wanted):
-            ends = bnodes[((acc[:, t >> 6] >> np.uint64(t & 63)) & np.uint64(1)).astype(bool)]
-            if len(ends) > 1:  # a node appears once per accepting state, in walk (node) order
-                ends = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]
+            ends = nodes[start[i]:stop[i]]
             if len(ends) or rows[i].any():
                 out[t] = (rows[i], self._node_set(ends))
 

@@ -6,8 +6,7 @@ Per state it records, as bitsets over terminals, which terminals are still *aliv
 complete) and which *accept* here. State 0 is the start of a lexeme (no terminal accepts the empty
 string).
 
-The per-state alive and accepting terminals are also kept as uint64 words, and the alive ones
-as lists (``alive_ptr``/``alive_terms``, CSR) for
+The per-state alive and accepting terminals are also kept as uint64 words and as lists (``alive_ptr``/``alive_terms``, CSR) for
 the token-trie walk (:func:`grammars.tokenwalk.walk_terminals`).
 """
 
@@ -35,14 +34,14 @@ class Lexer:
     alive_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     alive_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     alive_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    accept_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+    accept_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.accept_words = _words(self.accepts, self.n_terminals)
         self.alive_words = _words(self.alive, self.n_terminals)
-        lists = [_bit_list(a) for a in self.alive]
-        self.alive_ptr = np.zeros(len(lists) + 1, dtype=np.int64)
-        self.alive_ptr[1:] = np.cumsum([len(x) for x in lists])
-        self.alive_terms = np.array([t for x in lists for t in x], dtype=np.int32)
+        self.alive_ptr, self.alive_terms = _csr(self.alive)
+        self.accept_ptr, self.accept_terms = _csr(self.accepts)
 
     @property
     def n_states(self) -> int:
@@ -53,6 +52,14 @@ class Lexer:
         nxt = self.trans[0]
         live = (self.alive_words & _words([terminals], self.n_terminals)[0]).any(axis=1)
         return (nxt >= 0) & live[np.maximum(nxt, 0)]
+
+
+def _csr(bitsets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-state bitsets as lists: the members of state ``s`` are ``terms[ptr[s]:ptr[s + 1]]``."""
+    lists = [_bit_list(b) for b in bitsets]
+    ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(x) for x in lists])
+    return ptr, np.array([t for x in lists for t in x], dtype=np.int32)
 
 
 def _bit_list(x: int) -> list[int]:

@@ -21,7 +21,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "fill_rows", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["child_bytes", "fill_rows", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -96,7 +96,7 @@ def token_table(trans, data, offsets, special, out):
 
 @njit(cache=True, nogil=True)
 def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, root_states, tb,
-                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark):
+                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark, srows):
     """Read the token trie through a lexer (``trans``) from the *roots*: below trie node
     ``roots[r]`` (sorted) a lexeme starts in lexer state ``root_states[r]``. Every node gets the
     set of lexer states the input can be in there (one per root above it, deduplicated, kept to
@@ -108,9 +108,18 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
     state accepts a wanted terminal (``accepts``), with that state: ``bnodes``/``bstates`` (a
     node once per accepting state). ``sets`` (trie depth + 2, lexer states) and ``mark`` (lexer
     states, zeros) are scratch. Returns how many were recorded, or -1 if ``bnodes`` is too
-    small."""
+    small.
+
+    Tokens are first gathered per lexer state (``srows``, scratch rows for the first
+    ``len(srows)`` states met; past that, tokens go to the terminals' rows directly) and each
+    state's row is ORed into its terminals' rows at the end: a token costs one bit per state,
+    not one per alive terminal."""
     cnt = np.zeros(sets.shape[0], dtype=np.int32)
     seed = np.full(sets.shape[0], -1, dtype=np.int32)  # per depth on the path: root state or -1
+    sidx = np.full(mark.shape[0], -1, dtype=np.int32)  # lexer state -> its row in srows
+    used = np.empty(srows.shape[0], dtype=np.int32)
+    n_used = 0
+    words = rows.shape[1]
     cap = bnodes.shape[0]
     total = tb.shape[0]
     nb = 0
@@ -159,17 +168,27 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                 else:
                     n = tend[n]
                 continue
-            if c > 0:
-                for k in range(tok_ptr[n], tok_ptr[n + 1]):
-                    tok = tok_ids[k]
-                    w = tok >> 5
-                    bit = np.uint32(1) << np.uint32(tok & 31)
-                    for j in range(c):
-                        st = sets[d, j]
-                        for a in range(alive_ptr[st], alive_ptr[st + 1]):
-                            i = slot[alive_terms[a]]
-                            if i >= 0:
-                                rows[i, w] |= bit
+            if c > 0 and tok_ptr[n] < tok_ptr[n + 1]:
+                for j in range(c):
+                    st = sets[d, j]
+                    r = sidx[st]
+                    if r < 0 and n_used < srows.shape[0]:
+                        r = sidx[st] = n_used
+                        used[n_used] = st
+                        n_used += 1
+                        for w in range(words):
+                            srows[r, w] = 0
+                    for k in range(tok_ptr[n], tok_ptr[n + 1]):
+                        tok = tok_ids[k]
+                        w = tok >> 5
+                        bit = np.uint32(1) << np.uint32(tok & 31)
+                        if r >= 0:
+                            srows[r, w] |= bit
+                        else:
+                            for a in range(alive_ptr[st], alive_ptr[st + 1]):
+                                i = slot[alive_terms[a]]
+                                if i >= 0:
+                                    rows[i, w] |= bit
                 if tend[n] > n + 1:
                     for j in range(c):
                         st = sets[d, j]
@@ -180,7 +199,40 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                             bstates[nb] = st
                             nb += 1
             n += 1
+    for r in range(n_used):
+        st = used[r]
+        for a in range(alive_ptr[st], alive_ptr[st + 1]):
+            i = slot[alive_terms[a]]
+            if i >= 0:
+                for w in range(words):
+                    rows[i, w] |= srows[r, w]
     return nb
+
+
+@njit(cache=True, nogil=True)
+def split_ends(bnodes, bstates, accept_ptr, accept_terms, slot, n_wanted):
+    """Group the nodes recorded by :func:`walk_terminals` by wanted terminal. Returns
+    ``(stop, start, nodes)``: the nodes where the terminal in slot ``i`` accepts are
+    ``nodes[start[i]:stop[i]]``, in node order, each once."""
+    counts = np.zeros(n_wanted + 1, dtype=np.int64)
+    for k in range(bnodes.shape[0]):
+        st = bstates[k]
+        for a in range(accept_ptr[st], accept_ptr[st + 1]):
+            i = slot[accept_terms[a]]
+            if i >= 0:
+                counts[i + 1] += 1
+    ptr = np.cumsum(counts)
+    nodes = np.empty(ptr[n_wanted], dtype=np.int64)
+    fill = ptr[:n_wanted].copy()
+    for k in range(bnodes.shape[0]):
+        st = bstates[k]
+        n = bnodes[k]
+        for a in range(accept_ptr[st], accept_ptr[st + 1]):
+            i = slot[accept_terms[a]]
+            if i >= 0 and (fill[i] == ptr[i] or nodes[fill[i] - 1] != n):
+                nodes[fill[i]] = n
+                fill[i] += 1
+    return fill, ptr, nodes
 
 
 @njit(cache=True, nogil=True)
