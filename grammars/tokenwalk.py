@@ -189,15 +189,15 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                                 i = slot[alive_terms[a]]
                                 if i >= 0:
                                     rows[i, w] |= bit
-                if tend[n] > n + 1:
-                    for j in range(c):
-                        st = sets[d, j]
-                        if accepts[st]:
-                            if nb == cap:
-                                return -1
-                            bnodes[nb] = n
-                            bstates[nb] = st
-                            nb += 1
+            if c > 0 and tend[n] > n + 1:
+                for j in range(c):
+                    st = sets[d, j]
+                    if accepts[st]:
+                        if nb == cap:
+                            return -1
+                        bnodes[nb] = n
+                        bstates[nb] = st
+                        nb += 1
             n += 1
     for r in range(n_used):
         st = used[r]
