@@ -52,6 +52,7 @@ Hyp = tuple[Column, int]
 SUBTREE_CACHE_BYTES = 64 << 20
 
 _NO_IDS: frozenset[int] = frozenset()
+_IMPURE = np.zeros(0, dtype=np.uint32)  # marks a (core, node set) whose rows cannot be kept
 
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
@@ -273,25 +274,35 @@ class CfgCompiledGrammar:
         memo_key = (col.core(), key)
         hit = self._subtrees.get(memo_key)
         if hit is not None:
+            if hit is _IMPURE:  # known to depend on more than the core: no row to keep
+                return self._crossing_into(col, crossing, out, row)
             out |= hit
             return _NO_IDS
         sub = row.copy()
+        outside = self._crossing_into(col, crossing, sub, row)
+        out |= sub
+        if len(self._subtrees) >= self._max_subtrees:
+            for k in list(self._subtrees)[: len(self._subtrees) // 2]:  # oldest half
+                del self._subtrees[k]
+        # whether the rows depend on more than the core is a property of the core (which of its
+        # items complete), so an impure (core, key) is remembered as such
+        self._subtrees[memo_key] = _IMPURE if outside else sub
+        return outside
+
+    def _crossing_into(self, col: Column, crossing: list[tuple[int, int]], out: np.ndarray,
+                       row: np.ndarray) -> set[int]:
+        """``_fill_from``'s body: ``row`` and the tokens that cross into the next lexemes."""
+        out |= row
         outside: set[int] = set()
         for t, ends in crossing:
             nxt = col.scan(t)
             if nxt is None:
                 continue
             outside |= col.pops(t)
-            below = self._fill_from(nxt, ends, sub)
+            below = self._fill_from(nxt, ends, out)
             if below:
                 outside |= below
                 outside.discard(id(col))
-        out |= sub
-        if not outside:
-            if len(self._subtrees) >= self._max_subtrees:
-                for k in list(self._subtrees)[: len(self._subtrees) // 2]:  # oldest half
-                    del self._subtrees[k]
-            self._subtrees[memo_key] = sub
         return outside
 
     def row_view(self, bitmask: Any, row: int) -> np.ndarray | None:
