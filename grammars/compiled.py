@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa, gc_paused
 from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
@@ -330,6 +330,13 @@ def compile(
     semantic checks (``grammar.semantic``, see :mod:`grammars.json_semantic`) comes back as a
     ``CheckedCompiledGrammar`` whose matchers run them.
     """
+    with gc_paused():
+        return _compile(grammar, vocab, max_states=max_states, eager_states=eager_states,
+                        cache=cache, timeout=timeout)
+
+
+def _compile(grammar: Grammar, vocab: Vocabulary, *, max_states: int, eager_states: int,
+             cache: bool, timeout: float | None) -> CompiledGrammar:
     fallback = getattr(grammar, "fallback", None)
     t0 = time.perf_counter()
     # the time limit covers the JSON Schema's lowering too; it keeps 40% for its fallback grammar

@@ -81,21 +81,25 @@ class Grammar:
         Lowering past ``timeout`` seconds gives the fallback grammar (any value of the root's
         types, every keyword checked when its value completes); ``compile`` counts the lowering
         time against its own limit."""
+        from grammars.automaton import gc_paused
         from grammars.json_schema import schema_to_grammar
 
-        return schema_to_grammar(
-            schema, whitespace=whitespace, property_order=property_order, registry=registry,
-            timeout=timeout,
-        )
+        with gc_paused():
+            return schema_to_grammar(
+                schema, whitespace=whitespace, property_order=property_order,
+                registry=registry, timeout=timeout,
+            )
 
     @classmethod
     def from_lark(cls, text: str, start: str = "start") -> Grammar:
         """A Lark grammar (see :mod:`grammars.lark_grammar`): rules, terminals, string and regex
         literals, ``?rule`` inlining, ``%import common.*``, ``%ignore``, ``* + ? ~n..m``. Recursive
         rules compile to the context-free path."""
+        from grammars.automaton import gc_paused
         from grammars.lark_grammar import lark_to_grammar
 
-        return lark_to_grammar(text, start=start)
+        with gc_paused():
+            return lark_to_grammar(text, start=start)
 
     @classmethod
     def from_gbnf(cls, text: str) -> Grammar:
