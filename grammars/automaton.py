@@ -315,50 +315,16 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
 
 
 def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
-    n = trans.shape[0]
-    # reverse reachability from accepting states
-    src, byte = np.nonzero(trans >= 0)
-    dst = trans[src, byte].astype(np.int64)
-    pairs = np.unique(dst * n + src)  # deduplicated edges, sorted by destination
-    src_sorted = pairs % n
-    dst_sorted = pairs // n
-    starts = np.searchsorted(dst_sorted, np.arange(n + 1))
-    live = accepting.copy()
-    stack = list(np.nonzero(accepting)[0])
-    src_list = src_sorted.tolist()
-    starts_list = starts.tolist()
-    live_list = live.tolist()
-    stack = [int(x) for x in stack]
-    while stack:
-        x = stack.pop()
-        for y in src_list[starts_list[x] : starts_list[x + 1]]:
-            if not live_list[y]:
-                live_list[y] = True
-                stack.append(y)
-    live = np.array(live_list, dtype=bool)
-    if not live[0]:
+    """Keep the states reachable from 0 that can reach an accepting state, numbered breadth-first
+    (:func:`grammars.reach.live_order`). Raises EmptyLanguageError when 0 cannot."""
+    from grammars.reach import live_order
+
+    live, keep = live_order(np.ascontiguousarray(trans, dtype=np.int32),
+                            np.ascontiguousarray(accepting, dtype=np.bool_))
+    if not len(keep):
         raise EmptyLanguageError("the grammar matches no string")
-    # forward reachability from 0 through live states, renumber in BFS order
-    new_id = np.full(n, -1, dtype=np.int64)
-    new_id[0] = 0
-    order_list = [0]
-    k = 0
-    fwd_pairs = np.unique(src.astype(np.int64) * n + dst)
-    fwd_src = (fwd_pairs // n).tolist()
-    fwd_dst = (fwd_pairs % n).tolist()
-    fstarts = np.searchsorted(fwd_pairs // n, np.arange(n + 1)).tolist()
-    new_id_list = [-1] * n
-    new_id_list[0] = 0
-    del fwd_src
-    while k < len(order_list):
-        x = order_list[k]
-        k += 1
-        for y in fwd_dst[fstarts[x] : fstarts[x + 1]]:
-            if live_list[y] and new_id_list[y] < 0:
-                new_id_list[y] = len(order_list)
-                order_list.append(y)
-    new_id = np.array(new_id_list, dtype=np.int64)
-    keep = np.array(order_list)
+    new_id = np.full(trans.shape[0], -1, dtype=np.int64)
+    new_id[keep] = np.arange(len(keep))
     t = trans[keep]
     mapped = np.where(t >= 0, new_id[np.maximum(t, 0)], -1)
     mapped = np.where((t >= 0) & live[np.maximum(t, 0)], mapped, -1).astype(np.int32)
