@@ -21,7 +21,8 @@ adds invalid ones):
   some float divisors its verdict differs from the exact one (e.g. 0.3 by 0.1).
 - Recursive ``$ref`` s are kept as rules: the grammar then compiles to the context-free path.
 - Values of unconstrained schemas (``true``, ``{}``, additional properties) nest at most
-  ``max_any_depth`` arrays/objects deep on this path.
+  ``max_any_depth`` arrays/objects deep on this path (``None``: any depth, through a recursive
+  rule and so the context-free path; the fallback grammar uses that).
 - ``property_order="schema"``: properties appear in the schema's order, any additional properties
   after them. ``"any"``: any order, each declared property at most once, required ones enforced.
 - ``whitespace="flexible"``: up to ``max_whitespace`` bytes of JSON whitespace between tokens.
@@ -163,6 +164,7 @@ _SUBSCHEMA_KEYS = {
 _ALL_TYPES = ("null", "boolean", "object", "array", "string", "int", "frac")
 _WS_BYTES = Bytes(((0x09, 0x0A), (0x0D, 0x0D), (0x20, 0x20)))
 _ANY_CHAR = cc.json_string_char_node(cc.ANY)
+_ANY_RULE = "any:value"  # the recursive any-value rule (``max_any_depth=None``)
 
 
 _ANY_CHAR_DFA: list[Any] = []
@@ -250,7 +252,7 @@ class _Compiler:
         whitespace: str,
         property_order: str,
         registry: dict[str, Any] | None,
-        max_any_depth: int,
+        max_any_depth: int | None,
         max_whitespace: int,
     ) -> None:
         import jsonschema
@@ -305,7 +307,7 @@ class _Compiler:
         # ``_ancestors`` of them belong to the enclosing nodes, the rest to the current one
         self.path_refs: list[str] = []
         self._ancestors = 0
-        self._any_cache: dict[int, Node] = {}
+        self._any_cache: dict[int | None, Node] = {}
         self._string_body_cache: dict[Any, Node] = {}
         self._validators: dict[str, Any] = {}
         self.relaxed: list[tuple[str, str]] = []  # (keyword, pointer) the semantic checks enforce
@@ -673,14 +675,16 @@ class _Compiler:
         return False
 
     # ---- values -------------------------------------------------------------------------------
-    def any_value(self, depth: int) -> Node:
+    def any_value(self, depth: int | None) -> Node:
+        """Any JSON value, arrays and objects nested at most ``depth`` deep (regular), or at any
+        depth when ``depth`` is None (a recursive rule: the context-free path)."""
         hit = self._any_cache.get(depth)
         if hit is not None:
             return hit
         scalars = [lit("null"), lit("true"), lit("false"), self.number_node({}, "", integer=False),
                    self.string_literal_node(star(_ANY_CHAR))]
-        if depth > 0:
-            inner = self.any_value(depth - 1)
+        if depth is None or depth > 0:
+            inner = Ref(_ANY_RULE) if depth is None else self.any_value(depth - 1)
             ws = self.ws
             sep = seq(ws, lit(","), ws)
             arr = seq(lit("["), ws, opt(seq(inner, star(seq(sep, inner)))), ws, lit("]"))
@@ -689,6 +693,9 @@ class _Compiler:
             obj = seq(lit("{"), ws, opt(seq(kv, star(seq(sep, kv)))), ws, lit("}"))
             scalars += [arr, obj]
         node = alt(*scalars)
+        if depth is None:
+            self.rules[_ANY_RULE] = node
+            node = Ref(_ANY_RULE)
         self._any_cache[depth] = node
         return node
 
@@ -1151,7 +1158,7 @@ def schema_to_grammar(
     whitespace: Literal["compact", "flexible"] = "compact",
     property_order: Literal["schema", "any"] = "schema",
     registry: dict[str, Any] | None = None,
-    max_any_depth: int = 2,
+    max_any_depth: int | None = 2,
     max_whitespace: int = 8,
     timeout: float | None = LOWERING_TIMEOUT,
 ) -> Grammar:
@@ -1194,11 +1201,12 @@ def schema_to_grammar(
 
     def fallback() -> Grammar:
         """A grammar for when this one's automaton is too large: any JSON value of the root's
-        types (nesting bounded by ``max_any_depth``), every keyword left to the semantic checks."""
+        types, nested to any depth (a recursive rule: the context-free path; a depth bound would
+        refuse valid deep instances), every keyword left to the semantic checks."""
         root_type = c.root.get("type") if isinstance(c.root, dict) else None
         loose = {"type": root_type} if isinstance(root_type, (str, list)) else True
         out = schema_to_grammar(loose, whitespace=whitespace, property_order=property_order,
-                                max_any_depth=max_any_depth, max_whitespace=max_whitespace,
+                                max_any_depth=None, max_whitespace=max_whitespace,
                                 timeout=None)
         out.semantic = checks([*c.relaxed, ("*", "")], strict=True)
         out.fallback = None  # type: ignore[attr-defined]

@@ -289,6 +289,25 @@ def test_lowering_past_its_time_limit_gives_the_fallback():
     assert Grammar.from_json_schema(schema).semantic is None
 
 
+def test_fallback_accepts_valid_instances_at_any_depth():
+    # the fallback's any-value is recursive (context-free path): a depth bound refused the valid
+    # instances of deep schemas (Kubernetes kb_1008 in bench/masks), looser grammar or not
+    leaf = {"type": "object", "properties": {"k": {"type": "string", "maxLength": 2}},
+            "required": ["k"]}
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {
+        "b": {"type": "array", "items": {"type": "array", "items": leaf}}}}}}
+    g = Grammar.from_json_schema(schema, timeout=1e-9)
+    assert ("*", "") in g.semantic.relaxed
+    c = grammars.compile(g, grammars.Vocabulary.byte_level(), cache=False)
+    valid = {"a": {"b": [[{"k": "xy"}, {"k": ""}], []]}}
+    invalid = {"a": {"b": [[{"k": "xyz"}]]}}  # too long, four levels down
+    for value, ok in ((valid, True), (invalid, False), ({"a": {"b": [[{}]]}}, False)):
+        assert jsonschema.Draft202012Validator(schema).is_valid(value) == ok
+        m = c.matcher()
+        text = json.dumps(value, separators=(",", ":")).encode()
+        assert (m.accept_bytes(text) and m.is_accepting()) == ok, value
+
+
 def test_formats_are_never_left_to_the_checks(monkeypatch):
     # python-jsonschema does not assert formats, so the grammar must keep every one of them
     import grammars.json_schema as js
