@@ -40,7 +40,7 @@ from grammars.cfg import Cfg
 from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
-from grammars.lexer import Lexer
+from grammars.lexer import Lexer, bit_list, bitset_words
 from grammars.tokenwalk import child_bytes, split_ends, walk_terminals
 from grammars.vocab import Vocabulary
 
@@ -56,21 +56,6 @@ _IMPURE = np.zeros(0, dtype=np.uint32)  # marks a (core, node set) whose rows ca
 
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
-
-
-def _words_of(bitset: int, n: int) -> np.ndarray:
-    """A bitset over ``n`` terminals as ceil(n/64) uint64 words."""
-    return np.array([(bitset >> (64 * k)) & ((1 << 64) - 1) for k in range(max(1, (n + 63) // 64))],
-                    dtype=np.uint64)
-
-
-def _bits(x: int) -> list[int]:
-    out = []
-    while x:
-        low = x & -x
-        out.append(low.bit_length() - 1)
-        x ^= low
-    return out
 
 
 @dataclass(eq=False)
@@ -121,7 +106,7 @@ class CfgCompiledGrammar:
         acc = self.lexer.accepts
         for col, q in hyps:
             ends = acc[q] & col.expected
-            for t in _bits(ends):
+            for t in bit_list(ends):
                 nxt = col.scan(t)
                 if nxt is not None and (id(nxt), 0) not in seen:
                     seen.add((id(nxt), 0))
@@ -158,10 +143,10 @@ class CfgCompiledGrammar:
         ``out[t]`` (left out when both are empty)."""
         trie = self.vocab.trie
         lx = self.lexer
-        wanted = _bits(want)
+        wanted = bit_list(want)
         slot = np.full(lx.n_terminals, -1, dtype=np.int32)
         slot[wanted] = np.arange(len(wanted), dtype=np.int32)
-        w = _words_of(want, lx.n_terminals)
+        w = bitset_words([want], lx.n_terminals)[0]
         live = (lx.alive_words & w).any(axis=1)
         accepts = (lx.accept_words & w).any(axis=1)
         rows = np.zeros((len(wanted), self.words), dtype=np.uint32)
@@ -219,7 +204,7 @@ class CfgCompiledGrammar:
         if key < 0:
             q = ~key
             self._walk(np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32), missing, hit)
-            for t in _bits(self.lexer.accepts[q] & missing):  # a lexeme may end before the token
+            for t in bit_list(self.lexer.accepts[q] & missing):  # a lexeme may end before the token
                 row, ends = hit.get(t, (self._empty, None))
                 nodes = self._sets[ends] if ends is not None else np.zeros(0, dtype=np.int64)
                 hit[t] = (row, self._node_set(np.concatenate([np.zeros(1, dtype=np.int64),
@@ -252,7 +237,7 @@ class CfgCompiledGrammar:
             row = np.zeros(self.words, dtype=np.uint32)
             crossing = []
             pieces = self.pieces(key, allowed)
-            for t in _bits(allowed):
+            for t in bit_list(allowed):
                 p = pieces.get(t)
                 if p is not None:
                     row |= p[0]

@@ -19,7 +19,7 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, check_deadline
 from grammars.errors import GrammarTooLargeError
 
-__all__ = ["Lexer", "build_lexer"]
+__all__ = ["Lexer", "bit_list", "bitset_words", "build_lexer"]
 
 
 @dataclass(eq=False)
@@ -38,8 +38,8 @@ class Lexer:
     accept_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.accept_words = _words(self.accepts, self.n_terminals)
-        self.alive_words = _words(self.alive, self.n_terminals)
+        self.accept_words = bitset_words(self.accepts, self.n_terminals)
+        self.alive_words = bitset_words(self.alive, self.n_terminals)
         self.alive_ptr, self.alive_terms = _csr(self.alive)
         self.accept_ptr, self.accept_terms = _csr(self.accepts)
 
@@ -47,22 +47,17 @@ class Lexer:
     def n_states(self) -> int:
         return int(self.trans.shape[0])
 
-    def first_bytes(self, terminals: int) -> np.ndarray:
-        """bool (256,): the bytes that can start a lexeme of one of ``terminals`` (a bitset)."""
-        nxt = self.trans[0]
-        live = (self.alive_words & _words([terminals], self.n_terminals)[0]).any(axis=1)
-        return (nxt >= 0) & live[np.maximum(nxt, 0)]
-
 
 def _csr(bitsets: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-state bitsets as lists: the members of state ``s`` are ``terms[ptr[s]:ptr[s + 1]]``."""
-    lists = [_bit_list(b) for b in bitsets]
+    lists = [bit_list(b) for b in bitsets]
     ptr = np.zeros(len(lists) + 1, dtype=np.int64)
     ptr[1:] = np.cumsum([len(x) for x in lists])
     return ptr, np.array([t for x in lists for t in x], dtype=np.int32)
 
 
-def _bit_list(x: int) -> list[int]:
+def bit_list(x: int) -> list[int]:
+    """The members of a bitset (a Python int), lowest first."""
     out = []
     while x:
         low = x & -x
@@ -71,7 +66,7 @@ def _bit_list(x: int) -> list[int]:
     return out
 
 
-def _words(bitsets: list[int], n: int) -> np.ndarray:
+def bitset_words(bitsets: list[int], n: int) -> np.ndarray:
     """Bitsets (Python ints over n bits) as a (len, ceil(n/64)) uint64 array."""
     w = max(1, (n + 63) // 64)
     out = np.zeros((len(bitsets), w), dtype=np.uint64)
