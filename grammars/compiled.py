@@ -21,7 +21,7 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa, gc_paused
 from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
-from grammars.tokenwalk import fill_rows, walk_bytes, walk_token
+from grammars.tokenwalk import fill_rows, fill_rows_split, loop_like, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
 
 __all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
@@ -83,6 +83,7 @@ class CompiledGrammar:
         self._eos = frozenset(self.vocab.eos_token_ids)
         self._special = self.vocab.special
         self._torch_masks: Any = None
+        self._loop_states: np.ndarray | None = None
         # forced bytes: states with exactly one outgoing byte and not accepting
         live = self._trans >= 0
         counts = live.sum(axis=1)
@@ -102,24 +103,40 @@ class CompiledGrammar:
         if len(todo) == 0:
             return
         rows = np.zeros((len(todo), self.masks.shape[1]), dtype=np.uint32)
-        body = _string_body_states(self._trans, todo)
+        # Inside an unbounded JSON string body every "plain" token (complete or partial plain
+        # UTF-8 characters) is allowed; only the few tokens with a quote, backslash or other
+        # byte need the walk. States that behave like that loop (``_loops``) get those tokens
+        # without a walk, and so do, per first byte, the states that enter such a loop on a
+        # plain ASCII byte (a property name other than the declared ones, a string right after
+        # its first character): most of a schema's expensive states are of these two kinds.
+        plain = _plain_tokens(self.vocab)
+        loops = self._loops()
+        body = loops[todo]
         if body.any():
-            # Inside an unbounded JSON string body every "plain" token (complete or partial plain
-            # UTF-8 characters) is allowed; only the few tokens with a quote, backslash or other
-            # byte need the walk (most of a schema's expensive states are of this kind).
-            plain = _plain_tokens(self.vocab)
             sub = np.repeat(plain.mask[None, :], int(body.sum()), axis=0)
             fill_rows(self._trans, todo[body], plain.other_trie, sub)
             rows[body] = sub
         rest = ~body
         if rest.any():
-            sub = np.zeros((int(rest.sum()), self.masks.shape[1]), dtype=np.uint32)
-            fill_rows(self._trans, todo[rest], self.vocab.trie, sub)
+            states = todo[rest]
+            nxt = self._trans[states][:, _ASCII_PLAIN]
+            direct = np.zeros((len(states), 256), dtype=bool)
+            direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
+            sub = np.zeros((len(states), self.masks.shape[1]), dtype=np.uint32)
+            fill_rows_split(self._trans, states, direct, plain.first_ptr, plain.first_ids,
+                            self.vocab.trie, plain.other_trie, sub)
             rows[rest] = sub
         acc = self._accepting[todo]
         rows[acc] |= self._eos_words
         self.masks[todo] = rows
         self._done[todo] = True
+
+    def _loops(self) -> np.ndarray:
+        """Per state: whether it reads every plain JSON string-body byte sequence the way the
+        canonical body loop does (:func:`grammars.tokenwalk.loop_like`; computed once)."""
+        if self._loop_states is None:
+            self._loop_states = loop_like(self._trans, _canon_body().trans, _ASCII_PLAIN)
+        return self._loop_states
 
     def mask_row(self, state: int) -> np.ndarray:
         if not self._done[state]:
@@ -443,10 +460,16 @@ def _compile_rules(
     return compiled
 
 
+# printable ASCII except quote and backslash: plain string-body bytes that are whole characters
+_ASCII_PLAIN = np.array([b for b in range(0x20, 0x80) if b not in (0x22, 0x5C)], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class _PlainTokens:
     mask: np.ndarray  # uint32 words: tokens readable inside an unbounded JSON string body
     other_trie: Any  # trie of every other token
+    first_ptr: np.ndarray  # by first byte b: the plain tokens starting with plain ASCII byte b are
+    first_ids: np.ndarray  # first_ids[first_ptr[b]:first_ptr[b + 1]]
 
 
 _PLAIN_CACHE: dict[str, _PlainTokens] = {}
@@ -479,44 +502,13 @@ def _plain_tokens(vocab: Vocabulary) -> _PlainTokens:
     words = np.zeros((vocab.size + 31) // 32, dtype=np.uint32)
     ids = np.nonzero(plain)[0]
     np.bitwise_or.at(words, ids >> 5, (np.uint32(1) << (ids & 31).astype(np.uint32)))
-    out = _PlainTokens(mask=words, other_trie=vocab.subtrie(~plain))
+    first = np.full(vocab.size, -1, dtype=np.int64)
+    first[ids] = data[offsets[ids]]
+    ascii_ids = ids[np.isin(first[ids], _ASCII_PLAIN)]
+    ascii_ids = ascii_ids[np.argsort(first[ascii_ids], kind="stable")]
+    first_ptr = np.zeros(257, dtype=np.int64)
+    np.cumsum(np.bincount(first[ascii_ids], minlength=256), out=first_ptr[1:])
+    out = _PlainTokens(mask=words, other_trie=vocab.subtrie(~plain), first_ptr=first_ptr,
+                       first_ids=ascii_ids.astype(np.int64))
     _PLAIN_CACHE[vocab.fingerprint] = out
-    return out
-
-
-def _string_body_states(trans: np.ndarray, states: np.ndarray) -> np.ndarray:
-    """Which ``states`` behave like the canonical string-body loop on every plain byte sequence
-    (each plain character returns to the same state)."""
-    canon = _canon_body()
-    ascii_plain = np.array([b for b in range(0x20, 0x7F) if b not in (0x22, 0x5C)])
-    cand = (trans[states][:, ascii_plain] == states[:, None]).all(axis=1)
-    out = np.zeros(len(states), dtype=bool)
-    live_bytes = [np.nonzero(canon.trans[c] >= 0)[0] for c in range(canon.n_states)]
-    for i in np.nonzero(cand)[0]:
-        mapping = {0: int(states[i])}
-        queue = [0]
-        ok = True
-        while queue and ok:
-            c = queue.pop()
-            o = mapping[c]
-            bs = live_bytes[c]
-            c2s = canon.trans[c, bs]
-            o2s = trans[o, bs]
-            if (o2s < 0).any():
-                ok = False
-                break
-            for c2 in np.unique(c2s):
-                targets = np.unique(o2s[c2s == c2])
-                if len(targets) != 1:
-                    ok = False
-                    break
-                c2i, t = int(c2), int(targets[0])
-                if c2i in mapping:
-                    if mapping[c2i] != t:
-                        ok = False
-                        break
-                else:
-                    mapping[c2i] = t
-                    queue.append(c2i)
-        out[i] = ok
     return out

@@ -21,16 +21,21 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "fill_rows", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["child_bytes", "fill_rows", "fill_rows_split", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
-def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):
+def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack, first_ok):
+    """OR into ``row`` the tokens readable from ``start``, walking only the subtrees whose first
+    byte ``b`` has ``first_ok[b]``."""
     stack[0] = start
     n = 1
     nn = tb.shape[0]
     while n < nn:
         d = tdepth[n]
+        if d == 1 and not first_ok[tb[n]]:
+            n = tend[n]
+            continue
         ns = trans[stack[d - 1], tb[n]]
         if ns < 0:
             n = tend[n]
@@ -46,7 +51,8 @@ def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack):
 def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, max_depth):
     for i in prange(states.shape[0]):
         stack = np.empty(max_depth + 1, dtype=np.int32)
-        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, out[i], stack)
+        every = np.ones(256, dtype=np.bool_)
+        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, out[i], stack, every)
 
 
 def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:
@@ -56,6 +62,90 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> N
             trans, states.astype(np.int32), trie.byte, trie.depth, trie.end, trie.tok_ptr,
             trie.tok_ids, out, trie.max_depth,
         )
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _fill_rows_split(trans, states, direct, first_ptr, first_ids, tb, tdepth, tend, tok_ptr,
+                     tok_ids, ob, odepth, oend, optr, oids, out, max_depth):
+    for i in prange(states.shape[0]):
+        stack = np.empty(max_depth + 1, dtype=np.int32)
+        row = out[i]
+        walk_all = np.empty(256, dtype=np.bool_)
+        has = False
+        for b in range(256):
+            walk_all[b] = not direct[i, b]
+            if direct[i, b]:
+                has = True
+                for k in range(first_ptr[b], first_ptr[b + 1]):
+                    t = first_ids[k]
+                    row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
+        if has:
+            _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
+
+
+def fill_rows_split(trans: np.ndarray, states: np.ndarray, direct: np.ndarray,
+                    first_ptr: np.ndarray, first_ids: np.ndarray, trie, other_trie,
+                    out: np.ndarray) -> None:
+    """:func:`fill_rows` when part of each row is known without walking: for ``states[i]`` and
+    every first byte ``b`` with ``direct[i, b]``, the tokens ``first_ids[first_ptr[b]:
+    first_ptr[b + 1]]`` are readable (set without a walk) and the rest of the tokens starting
+    with ``b`` are those of ``other_trie``; the other first bytes walk ``trie``. Exact when the
+    caller's claim holds (see ``CompiledGrammar.compute_masks``)."""
+    depth = max(trie.max_depth, other_trie.max_depth)
+    with _PARALLEL_LOCK:
+        _fill_rows_split(
+            trans, states.astype(np.int32), direct, first_ptr, first_ids, trie.byte, trie.depth,
+            trie.end, trie.tok_ptr, trie.tok_ids, other_trie.byte, other_trie.depth,
+            other_trie.end, other_trie.tok_ptr, other_trie.tok_ids, out, depth,
+        )
+
+
+@njit(cache=True, nogil=True)
+def loop_like(trans, canon, loop_bytes):
+    """Which states of ``trans`` read every byte string the DFA ``canon`` reads from its state 0,
+    state for state: from ``(0, s)`` the two walk in lockstep, each ``canon`` state mapped to one
+    state of ``trans`` that is alive wherever ``canon`` is. Only states that return to
+    themselves on every byte of ``loop_bytes`` are candidates (the others are False)."""
+    n = trans.shape[0]
+    nc = canon.shape[0]
+    out = np.zeros(n, dtype=np.bool_)
+    mapping = np.empty(nc, dtype=np.int32)
+    stack = np.empty(nc, dtype=np.int32)
+    for s in range(n):
+        cand = True
+        for b in loop_bytes:
+            if trans[s, b] != s:
+                cand = False
+                break
+        if not cand:
+            continue
+        mapping[:] = -1
+        mapping[0] = s
+        stack[0] = 0
+        top = 1
+        ok = True
+        while top > 0 and ok:
+            top -= 1
+            c = stack[top]
+            o = mapping[c]
+            for b in range(256):
+                c2 = canon[c, b]
+                if c2 < 0:
+                    continue
+                o2 = trans[o, b]
+                if o2 < 0:
+                    ok = False
+                    break
+                if mapping[c2] < 0:
+                    mapping[c2] = o2
+                    stack[top] = c2
+                    top += 1
+                elif mapping[c2] != o2:
+                    ok = False
+                    break
+        out[s] = ok
+    return out
 
 
 @njit(cache=True, nogil=True)

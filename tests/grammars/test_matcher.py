@@ -61,6 +61,40 @@ def test_smollm2_masks_equal_brute_force(smollm2_vocab):
     assert m.check_token(smollm2_vocab.eos_token_id)
 
 
+@pytest.mark.parametrize("schema", [
+    # open object: a key other than the declared ones enters the string-body loop after one byte
+    {"type": "object", "properties": {"status": {"type": "integer"}, "link": {"type": "string"}},
+     "required": ["status"]},
+    # strings that are not the plain loop: bounded, patterned, formatted; escapes inside keys
+    {"type": "object", "properties": {"a b": {"type": "string", "maxLength": 4},
+                                      "p": {"type": "string", "pattern": "^[a-z]+x$"},
+                                      "d": {"type": "string", "format": "date"}},
+     "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+])
+def test_every_mask_row_equals_a_token_by_token_walk(smollm2_vocab, schema):
+    """Rows computed with the string-body shortcuts (tokens known per first byte without a walk)
+    equal the plain per-token walk for every DFA state, and the shortcuts are exercised."""
+    from grammars.compiled import _ASCII_PLAIN
+    from grammars.tokenwalk import token_table
+
+    for ws in ("compact", "flexible"):
+        cg = grammars.compile(Grammar.from_json_schema(schema, whitespace=ws), smollm2_vocab,
+                              cache=False)
+        cg.compute_masks()
+        trans = cg.dfa.trans
+        loops = cg._loops()
+        nxt = trans[:, _ASCII_PLAIN]
+        entering = (~loops) & ((nxt >= 0) & loops[np.maximum(nxt, 0)]).any(axis=1)
+        assert loops.any() and entering.any()
+        data, offsets = smollm2_vocab.token_offsets
+        table = np.empty((cg.n_states, smollm2_vocab.size), dtype=np.int32)
+        token_table(trans, data, offsets, smollm2_vocab.special, table)
+        want = table >= 0
+        want[:, list(smollm2_vocab.eos_token_ids)] = cg.dfa.accepting[:, None]
+        got = np.unpackbits(cg.masks.view(np.uint8), axis=1, bitorder="little")
+        assert (got[:, : smollm2_vocab.size] == want).all()
+
+
 def test_accept_reject_rollback_fork_forced(byte_vocab):
     g = Grammar.from_regex(r"hello (world|there)!")
     m = grammars.compile(g, byte_vocab).matcher()
