@@ -5,7 +5,7 @@ The NFA is built in continuation-passing style (Thompson construction where each
 reappears with the same continuation shares its states. The JSON Schema compiler relies on this,
 e.g. "the remaining properties" automata for any-order objects are shared instead of copied.
 
-The DFA is the subset construction over byte intervals, trimmed to states from which an accepting
+The DFA is the subset construction (numba, over byte classes: :mod:`grammars.subset`), trimmed to states from which an accepting
 state is reachable (so every live state can still finish: a mask never allows a dead end). It is a
 dense ``int32`` table ``trans[state, byte]`` (-1 = dead) and a boolean ``accepting`` vector; state 0
 is the start state.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
+from grammars.subset import FlatNfa, TooManyStates, subset_construction
 
 __all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
 
@@ -40,23 +40,33 @@ class NotRegularError(Exception):
 
 
 class _Nfa:
-    """States 0..n-1; state 0 is the final state. ``eps[s]``: epsilon targets; ``edges[s]``: (lo, hi, t)."""
+    """States 0..n-1; state 0 is the final state. ``eps``: flat pairs (src, dst) of epsilon moves;
+    ``edges``: flat quadruples (src, lo, hi, dst) of byte-range moves (see :class:`FlatNfa`)."""
 
     def __init__(self, max_states: int) -> None:
-        self.eps: list[list[int]] = [[]]
-        self.edges: list[list[tuple[int, int, int]]] = [[]]
-        self.max_states = max_states
+        self.n = 1
+        self.eps: list[int] = []
+        self.edges: list[int] = []
+        self.limit = max_states * 8
 
     def new(self) -> int:
-        if not len(self.eps) & 4095:
+        n = self.n
+        if not n & 4095:
             check_deadline()
-        if len(self.eps) >= self.max_states * 8:
-            raise GrammarTooLargeError(
-                f"the grammar's automaton exceeds {self.max_states * 8} NFA states"
-            )
-        self.eps.append([])
-        self.edges.append([])
-        return len(self.eps) - 1
+            if n >= self.limit:
+                raise GrammarTooLargeError(f"the grammar's automaton exceeds {self.limit} NFA states")
+        self.n = n + 1
+        return n
+
+    def block(self, k: int) -> int:
+        """``k`` new states, numbered consecutively; returns the first."""
+        n = self.n
+        if (n >> 12) != ((n + k) >> 12):
+            check_deadline()
+            if n + k >= self.limit:
+                raise GrammarTooLargeError(f"the grammar's automaton exceeds {self.limit} NFA states")
+        self.n = n + k
+        return n
 
 
 class _Builder:
@@ -81,15 +91,21 @@ class _Builder:
     def _build(self, node: Node, cont: int) -> int:
         nfa = self.nfa
         if isinstance(node, Lit):
-            s = cont
-            for b in reversed(node.data):
-                t = nfa.new()
-                nfa.edges[t].append((b, b, s))
-                s = t
-            return s
+            data = node.data
+            k = len(data)
+            if not k:
+                return cont
+            f = nfa.block(k)
+            edges = nfa.edges
+            for i in range(k - 1):
+                b = data[i]
+                edges.extend((f + i, b, b, f + i + 1))
+            edges.extend((f + k - 1, data[-1], data[-1], cont))
+            return f
         if isinstance(node, Bytes):
             t = nfa.new()
-            nfa.edges[t].extend((lo, hi, cont) for lo, hi in node.ranges)
+            for lo, hi in node.ranges:
+                nfa.edges.extend((t, lo, hi, cont))
             return t
         if isinstance(node, Seq):
             s = cont
@@ -98,19 +114,20 @@ class _Builder:
             return s
         if isinstance(node, Alt):
             t = nfa.new()
-            nfa.eps[t].extend(self.build(item, cont) for item in node.items)
+            for item in node.items:
+                nfa.eps.extend((t, self.build(item, cont)))
             return t
         if isinstance(node, Repeat):
             s = cont
             if node.hi is None:
                 loop = nfa.new()
                 body = self.build(node.item, loop)
-                nfa.eps[loop].extend((body, cont))
+                nfa.eps.extend((loop, body, loop, cont))
                 s = loop
             else:
                 for _ in range(node.hi - node.lo):
                     t = nfa.new()
-                    nfa.eps[t].extend((self.build(node.item, s), cont))
+                    nfa.eps.extend((t, self.build(node.item, s), t, cont))
                     s = t
             for _ in range(node.lo):
                 s = self.build(node.item, s)
@@ -133,16 +150,16 @@ class _Builder:
             self.placeholders[key] = p
             self.active[node.name] = cont
             try:
-                nfa.eps[p].append(self.build(self.rules[node.name], cont))
+                nfa.eps.extend((p, self.build(self.rules[node.name], cont)))
             finally:
                 del self.active[node.name]
                 del self.placeholders[key]
             return p
         if isinstance(node, Automaton):
             n = node.trans.shape[0]
-            base = [nfa.new() for _ in range(n)]
-            for s in np.flatnonzero(node.accepting):
-                nfa.eps[base[s]].append(cont)
+            base = np.arange(nfa.block(n), nfa.n, dtype=np.int64)
+            acc = base[np.flatnonzero(node.accepting)]
+            nfa.eps.extend(np.stack([acc, np.full_like(acc, cont)], axis=1).ravel().tolist())
             # one edge per run of equal targets in a row (vectorized over all rows)
             trans = node.trans
             starts = np.ones(trans.shape, dtype=bool)
@@ -154,10 +171,9 @@ class _Builder:
                 his[-1] = 255
             targets = trans[rows, los]
             keep = targets >= 0
-            for s, lo, hi, t in zip(rows[keep].tolist(), los[keep].tolist(), his[keep].tolist(),
-                                    targets[keep].tolist()):
-                nfa.edges[base[s]].append((lo, hi, base[t]))
-            return base[0]
+            quads = np.stack([base[rows[keep]], los[keep], his[keep], base[targets[keep]]], axis=1)
+            nfa.edges.extend(quads.ravel().tolist())
+            return int(base[0])
         raise TypeError(f"unknown node {type(node).__name__}")
 
 
@@ -186,39 +202,15 @@ class Dfa:
         return s >= 0 and bool(self.accepting[s])
 
 
-def _closure_fn(nfa: _Nfa):
-    eps, edges = nfa.eps, nfa.edges
-    memo: dict[int, frozenset[int]] = {}
-
-    def closure(s: int) -> frozenset[int]:
-        r = memo.get(s)
-        if r is not None:
-            return r
-        out: set[int] = set()
-        stack = [s]
-        seen = {s}
-        while stack:
-            x = stack.pop()
-            if edges[x] or x == 0:
-                out.add(x)
-            for y in eps[x]:
-                if y not in seen:
-                    seen.add(y)
-                    stack.append(y)
-        r = frozenset(out)
-        memo[s] = r
-        return r
-
-    return closure
-
-
 _DEADLINE = threading.local()
 
 
 @contextmanager
 def deadline(seconds: float | None) -> Iterator[None]:
     """Within the block, automaton construction raises ``CompileTimeoutError`` once ``seconds``
-    have passed (checked cooperatively in the NFA, subset and minimization loops)."""
+    have passed (checked cooperatively in the NFA, subset and minimization loops). The first
+    time limit of a process first compiles the numba kernels (:func:`_warm_jit`)."""
+    _warm_jit()
     old = getattr(_DEADLINE, "at", None)
     _DEADLINE.at = None if seconds is None else time.perf_counter() + seconds
     if old is not None and _DEADLINE.at is not None:
@@ -229,6 +221,19 @@ def deadline(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _DEADLINE.at = old
+
+
+_JIT_READY: list[bool] = []
+
+
+def _warm_jit() -> None:
+    """Compile the numba kernels of DFA construction (or load them from numba's on-disk cache:
+    compiling them takes seconds on a fresh checkout) by building a one-byte DFA, so that their
+    compile time never counts against a grammar's time limit."""
+    if _JIT_READY:
+        return
+    _JIT_READY.append(True)
+    build_dfa(Rules({"s": Lit(b"a")}, "s"))
 
 
 @contextmanager
@@ -260,75 +265,25 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
 
     b = _Builder(rules, max_states)
     start = b.build(_Ref(rules.start), 0)
-    nfa = b.nfa
-    closure = _closure_fn(nfa)
-    edges = nfa.edges
-
-    def close(targets: frozenset[int] | set[int]) -> frozenset[int]:
-        out: set[int] = set()
-        for t in targets:
-            out |= closure(t)
-        return frozenset(out)
-
-    start_set = close({start})
-    ids: dict[frozenset[int], int] = {start_set: 0}
-    sets: list[frozenset[int]] = [start_set]
-    rows: list[np.ndarray] = []
-    by_targets: dict[frozenset[int], int] = {}
-    i = 0
-    while i < len(sets):
-        if not i & 255:
-            check_deadline()
-        cur = sets[i]
-        row = np.full(256, -1, dtype=np.int32)
-        es = [e for s in cur for e in edges[s]]
-        if es:
-            points = sorted({e[0] for e in es} | {e[1] + 1 for e in es})
-            buckets: list[set[int]] = [set() for _ in range(len(points) - 1)]
-            for lo, hi, t in es:
-                for k in range(bisect_left(points, lo), bisect_left(points, hi + 1)):
-                    buckets[k].add(t)
-            for k, bucket in enumerate(buckets):
-                if not bucket:
-                    continue
-                a, nxt = points[k], points[k + 1]
-                tg = frozenset(bucket)
-                j = by_targets.get(tg)
-                if j is None:
-                    cl = close(tg)
-                    j = ids.get(cl)
-                    if j is None:
-                        j = len(sets)
-                        if j >= max_states:
-                            raise GrammarTooLargeError(
-                                f"the grammar's DFA exceeds {max_states} states"
-                            )
-                        ids[cl] = j
-                        sets.append(cl)
-                    by_targets[tg] = j
-                row[a:nxt] = j
-        rows.append(row)
-        i += 1
-    trans = np.stack(rows) if rows else np.full((1, 256), -1, dtype=np.int32)
-    accepting = np.array([0 in s for s in sets], dtype=bool)
+    nfa = FlatNfa.from_lists(b.nfa.n, b.nfa.eps, b.nfa.edges)
+    try:
+        trans, accepting = subset_construction(nfa, start, max_states=max_states,
+                                               check=check_deadline)
+    except TooManyStates:
+        raise GrammarTooLargeError(f"the grammar's DFA exceeds {max_states} states") from None
     return minimize(_trim(trans, accepting))
 
 
 def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:
     """Keep the states reachable from 0 that can reach an accepting state, numbered breadth-first
     (:func:`grammars.reach.live_order`). Raises EmptyLanguageError when 0 cannot."""
-    from grammars.reach import live_order
+    from grammars.reach import live_order, renumber
 
-    live, keep = live_order(np.ascontiguousarray(trans, dtype=np.int32),
-                            np.ascontiguousarray(accepting, dtype=np.bool_))
+    trans = np.ascontiguousarray(trans, dtype=np.int32)
+    live, keep = live_order(trans, np.ascontiguousarray(accepting, dtype=np.bool_))
     if not len(keep):
         raise EmptyLanguageError("the grammar matches no string")
-    new_id = np.full(trans.shape[0], -1, dtype=np.int64)
-    new_id[keep] = np.arange(len(keep))
-    t = trans[keep]
-    mapped = np.where(t >= 0, new_id[np.maximum(t, 0)], -1)
-    mapped = np.where((t >= 0) & live[np.maximum(t, 0)], mapped, -1).astype(np.int32)
-    return Dfa(trans=np.ascontiguousarray(mapped), accepting=accepting[keep].copy())
+    return Dfa(trans=renumber(trans, live, keep), accepting=accepting[keep].copy())
 
 
 def dfa_of(node: Node, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["live_order"]
+__all__ = ["live_order", "renumber"]
 
 
 @njit(cache=True, nogil=True)
@@ -65,3 +65,21 @@ def live_order(trans: np.ndarray, accepting: np.ndarray) -> tuple[np.ndarray, np
                 order[size] = y
                 size += 1
     return live, order[:size]
+
+
+@njit(cache=True, nogil=True)
+def renumber(trans: np.ndarray, live: np.ndarray, order: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """The rows of ``order`` (see :func:`live_order`), states renumbered by their position in it
+    and moves into states that are not live dropped (-1)."""
+    n, k = trans.shape
+    new_id = np.full(n, -1, dtype=np.int32)
+    for i in range(order.shape[0]):
+        new_id[order[i]] = i
+    out = np.full((order.shape[0], k), -1, dtype=np.int32)
+    for i in range(order.shape[0]):
+        x = order[i]
+        for b in range(k):
+            y = trans[x, b]
+            if y >= 0 and live[y]:
+                out[i, b] = new_id[y]
+    return out

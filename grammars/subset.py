@@ -1,0 +1,319 @@
+"""Subset construction (NFA -> DFA) in numba, over byte classes.
+
+The NFA comes as flat arrays (:class:`FlatNfa`): epsilon moves and byte-range edges, each sorted
+by source state (CSR). A DFA state is the set of "important" NFA states (those with edges,
+and the final state 0) its input can be in; sets are kept in one growing pool and interned in an
+open-addressing hash table. Bytes that every edge treats alike share a class, so a DFA row is
+computed per class and expanded to 256 bytes at the end. The target set of a class (before its
+epsilon closure) is interned too, so a target set met again is not closed again.
+
+The work runs in slices of DFA states (:func:`subset_slice`), so the caller can check its time
+limit between slices. The result is the raw (untrimmed, unminimized) DFA:
+:func:`grammars.automaton.build_dfa` trims and minimizes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+__all__ = ["FlatNfa", "TooManyStates", "subset_construction"]
+
+
+class TooManyStates(Exception):
+    """The DFA would exceed the state limit given to :func:`subset_construction`."""
+
+
+@dataclass(frozen=True)
+class FlatNfa:
+    """An NFA as arrays. States ``0..n-1``; state 0 is the only final state. Epsilon moves of
+    state ``s``: ``eps_dst[eps_ptr[s]:eps_ptr[s + 1]]``; byte edges of ``s``: indices
+    ``edge_ptr[s]`` to ``edge_ptr[s + 1]`` of ``edge_lo``/``edge_hi`` (inclusive bytes) and
+    ``edge_dst``."""
+
+    n: int
+    eps_ptr: np.ndarray
+    eps_dst: np.ndarray
+    edge_ptr: np.ndarray
+    edge_lo: np.ndarray
+    edge_hi: np.ndarray
+    edge_dst: np.ndarray
+
+    @classmethod
+    def from_lists(cls, n: int, eps: list[int], edges: list[int]) -> FlatNfa:
+        """From flat Python lists: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
+        ``(src, lo, hi, dst)``."""
+        e = np.array(eps, dtype=np.int64).reshape(-1, 2)
+        q = np.array(edges, dtype=np.int64).reshape(-1, 4)
+        eo = np.argsort(e[:, 0], kind="stable")
+        qo = np.argsort(q[:, 0], kind="stable")
+        eps_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(e[:, 0], minlength=n), out=eps_ptr[1:])
+        edge_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(q[:, 0], minlength=n), out=edge_ptr[1:])
+        q = q[qo]
+        return cls(n=n, eps_ptr=eps_ptr, eps_dst=e[eo, 1].astype(np.int32), edge_ptr=edge_ptr,
+                   edge_lo=q[:, 1].astype(np.int32), edge_hi=q[:, 2].astype(np.int32),
+                   edge_dst=q[:, 3].astype(np.int32))
+
+
+@njit(cache=True, nogil=True)
+def _hash(key, weights):  # pragma: no cover - numba
+    """Order-independent hash of a set of states: the wrapping sum of their random weights."""
+    h = np.uint64(0)
+    for x in key:
+        h += weights[x]
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _find(table, hashes, pool, ptr, size, h, mark, stamp):  # pragma: no cover - numba
+    """Slot of the set whose ``size`` members carry ``mark[x] == stamp`` in ``table`` (value =
+    its id, whose members are ``pool[ptr[id]:ptr[id + 1]]``) or of the empty slot where it would
+    go; returns ``(slot, id or -1)``. Sets are compared through the marks, so members need no
+    order."""
+    mask = table.shape[0] - 1
+    j = np.int64(h & np.uint64(mask))
+    while True:
+        v = table[j]
+        if v < 0:
+            return j, -1
+        if hashes[v] == h and ptr[v + 1] - ptr[v] == size:
+            same = True
+            for k in range(ptr[v], ptr[v + 1]):
+                if mark[pool[k]] != stamp:
+                    same = False
+                    break
+            if same:
+                return j, v
+        j = (j + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def _rehash(table, hashes, count):  # pragma: no cover - numba
+    new = np.full(table.shape[0] * 2, -1, dtype=np.int32)
+    mask = new.shape[0] - 1
+    for v in range(count):
+        j = np.int64(hashes[v] & np.uint64(mask))
+        while new[j] >= 0:
+            j = (j + 1) & mask
+        new[j] = v
+    return new
+
+
+@njit(cache=True, nogil=True)
+def _close(seg, eps_ptr, eps_dst, important, mark, gen, stack, out):  # pragma: no cover - numba
+    """The important states epsilon-reachable from ``seg`` into ``out`` (in no order); returns
+    how many. Every state reached gets ``mark[x] = gen`` (``gen`` must be new)."""
+    top = 0
+    m = 0
+    for x in range(seg.shape[0]):
+        t = seg[x]
+        if mark[t] != gen:
+            mark[t] = gen
+            stack[top] = t
+            top += 1
+    while top > 0:
+        top -= 1
+        t = stack[top]
+        if important[t]:
+            out[m] = t
+            m += 1
+        for q in range(eps_ptr[t], eps_ptr[t + 1]):
+            u = eps_dst[q]
+            if mark[u] != gen:
+                mark[u] = gen
+                stack[top] = u
+                top += 1
+    return m
+
+
+# slice outcomes
+_DONE, _GROW, _LIMIT = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def subset_slice(eps_ptr, eps_dst, edge_ptr, edge_cl, edge_ch, edge_dst, important, weights,
+                 n_cls, max_states, budget, counts, tables, hashes, pools, ptrs, rows, pval,
+                 accepting, marks, stack, closed):  # pragma: no cover - numba
+    """Process DFA states from ``counts[0]`` on, at most ``budget`` of them. ``counts``: [next
+    DFA state to process, DFA states, target sets, stamp]. Index 0 of ``tables``/``hashes``/
+    ``pools``/``ptrs`` holds the DFA states' sets of NFA states, index 1 the target sets
+    before closure (their DFA state in ``pval``); ``marks`` are the stamps for comparing them.
+    Returns ``_DONE`` (slice finished), ``_GROW`` (an array is full: the caller grows it and
+    calls again; the state being processed restarts and finds what it added) or ``_LIMIT``
+    (over ``max_states``)."""
+    cnt = np.zeros(n_cls + 1, dtype=np.int64)
+    i = counts[0]
+    done = 0
+    while i < counts[1] and done < budget:
+        base, stop = ptrs[0, i], ptrs[0, i + 1]
+        for k in range(n_cls + 1):
+            cnt[k] = 0
+        for p in range(base, stop):
+            s = pools[0, p]
+            for e in range(edge_ptr[s], edge_ptr[s + 1]):
+                for k in range(edge_cl[e], edge_ch[e] + 1):
+                    cnt[k + 1] += 1
+        for k in range(n_cls):
+            cnt[k + 1] += cnt[k]
+        bdst = np.empty(cnt[n_cls], dtype=np.int32)
+        fill = np.empty(n_cls, dtype=np.int64)
+        for k in range(n_cls):
+            fill[k] = cnt[k]
+        for p in range(base, stop):
+            s = pools[0, p]
+            for e in range(edge_ptr[s], edge_ptr[s + 1]):
+                d = edge_dst[e]
+                for k in range(edge_cl[e], edge_ch[e] + 1):
+                    bdst[fill[k]] = d
+                    fill[k] += 1
+        for k in range(n_cls):
+            lo, hi = cnt[k], cnt[k + 1]
+            if lo == hi:
+                rows[i, k] = -1
+                continue
+            # the distinct targets, in place
+            counts[3] += 1
+            stamp = counts[3]
+            m = 0
+            for x in range(lo, hi):
+                t = bdst[x]
+                if marks[1, t] != stamp:
+                    marks[1, t] = stamp
+                    bdst[lo + m] = t
+                    m += 1
+            seg = bdst[lo: lo + m]
+            h = _hash(seg, weights)
+            pslot, j = _find(tables[1], hashes[1], pools[1], ptrs[1], m, h, marks[1], stamp)
+            if j >= 0:
+                rows[i, k] = pval[j]
+                continue
+            mc = _close(seg, eps_ptr, eps_dst, important, marks[0], stamp, stack, closed)
+            key = closed[:mc]
+            hk = _hash(key, weights)
+            slot, j = _find(tables[0], hashes[0], pools[0], ptrs[0], mc, hk, marks[0], stamp)
+            n_pre = counts[2]
+            if (n_pre + 2 > pval.shape[0] or ptrs[1, n_pre] + m > pools.shape[1]
+                    or 2 * (n_pre + 1) > tables.shape[1]):
+                return _GROW
+            if j < 0:
+                n = counts[1]
+                if n >= max_states:
+                    return _LIMIT
+                if (n + 2 > rows.shape[0] or ptrs[0, n] + mc > pools.shape[1]
+                        or 2 * (n + 1) > tables.shape[1]):
+                    return _GROW
+                b0 = ptrs[0, n]
+                for x in range(mc):
+                    pools[0, b0 + x] = key[x]
+                ptrs[0, n + 1] = ptrs[0, n] + mc
+                hashes[0, n] = hk
+                tables[0, slot] = n
+                accepting[n] = marks[0, 0] == stamp
+                j = n
+                counts[1] = n + 1
+            b1 = ptrs[1, n_pre]
+            for x in range(m):
+                pools[1, b1 + x] = seg[x]
+            ptrs[1, n_pre + 1] = ptrs[1, n_pre] + m
+            hashes[1, n_pre] = h
+            tables[1, pslot] = n_pre
+            pval[n_pre] = j
+            counts[2] = n_pre + 1
+            rows[i, k] = j
+        i += 1
+        counts[0] = i
+        done += 1
+    return _DONE
+
+
+def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
+                        check: Callable[[], None] | None = None,
+                        slice_states: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The DFA of ``nfa`` from ``start``: ``(trans, accepting)`` with ``trans`` int32
+    ``(n, 256)`` (-1 = no move) and state 0 the start. Calls ``check()`` between slices of
+    ``slice_states`` DFA states (it may raise, e.g. past a time limit); raises
+    :class:`TooManyStates` when the DFA would exceed ``max_states`` states."""
+    n = nfa.n
+    important = np.zeros(n, dtype=np.bool_)
+    important[0] = True
+    important[np.diff(nfa.edge_ptr) > 0] = True
+    # byte classes: a new class starts at every edge's lo and after every edge's hi
+    starts = np.zeros(257, dtype=bool)
+    starts[0] = True
+    starts[nfa.edge_lo] = True
+    starts[nfa.edge_hi + 1] = True
+    cls = (np.cumsum(starts[:256]) - 1).astype(np.int32)
+    n_cls = int(cls[-1]) + 1
+    edge_cl = cls[nfa.edge_lo]
+    edge_ch = cls[nfa.edge_hi]
+
+    weights = _weights(n)
+    marks = np.zeros((2, n), dtype=np.int64)
+    stack = np.empty(n, dtype=np.int32)
+    closed = np.empty(n, dtype=np.int32)
+    m = _close(np.array([start], dtype=np.int32), nfa.eps_ptr, nfa.eps_dst, important, marks[0],
+               1, stack, closed)
+    cap_sets, cap_pool = 1024, max(1 << 16, 4 * m)
+    tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
+    hashes = np.zeros((2, cap_sets), dtype=np.uint64)
+    pools = np.empty((2, cap_pool), dtype=np.int32)
+    ptrs = np.zeros((2, cap_sets + 1), dtype=np.int64)
+    rows = np.empty((cap_sets, n_cls), dtype=np.int32)
+    pval = np.empty(cap_sets, dtype=np.int32)
+    accepting = np.zeros(cap_sets, dtype=np.bool_)
+    first = closed[:m]
+    accepting[0] = bool(marks[0, 0] == 1)
+    h = np.uint64(_hash(first, weights))
+    tables[0, int(h & np.uint64(tables.shape[1] - 1))] = 0
+    hashes[0, 0] = h
+    pools[0, :m] = first
+    ptrs[0, 1] = m
+    counts = np.array([0, 1, 0, 1], dtype=np.int64)  # next, DFA states, target sets, generation
+    while True:
+        status = subset_slice(nfa.eps_ptr, nfa.eps_dst, nfa.edge_ptr, edge_cl, edge_ch,
+                              nfa.edge_dst, important, weights, n_cls, max_states, slice_states,
+                              counts, tables, hashes, pools, ptrs, rows, pval, accepting, marks,
+                              stack, closed)
+        if status == _LIMIT:
+            raise TooManyStates(max_states)
+        if status == _GROW:
+            used = max(int(ptrs[0, counts[1]]), int(ptrs[1, counts[2]]))
+            if used + n > pools.shape[1]:
+                pools = _grown(pools, used + n)
+            if max(counts[1], counts[2]) + 2 > hashes.shape[1]:
+                size = 2 * hashes.shape[1]
+                hashes = _grown(hashes, size)
+                ptrs = _grown(ptrs, size + 1)
+                rows = _grown(rows.T, size).T.copy()
+                pval = _grown(pval[None, :], size)[0].copy()
+                accepting = _grown(accepting[None, :], size)[0].copy()
+                tables = np.stack([_rehash(tables[0], hashes[0], counts[1]),
+                                   _rehash(tables[1], hashes[1], counts[2])])
+            continue
+        if counts[0] >= counts[1]:
+            break
+        if check is not None:
+            check()
+    n_dfa = int(counts[1])
+    trans = np.ascontiguousarray(rows[:n_dfa][:, cls])
+    return trans, accepting[:n_dfa].copy()
+
+
+def _weights(n: int) -> np.ndarray:
+    """``n`` fixed random uint64 weights (the set hash)."""
+    return np.random.default_rng(0x5B5E7).integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` (2-D) with its last axis enlarged to at least ``size`` (doubling)."""
+    new = a.shape[1]
+    while new < size:
+        new *= 2
+    out = np.empty(a.shape[:1] + (new,), dtype=a.dtype)
+    out[:, : a.shape[1]] = a
+    return out
