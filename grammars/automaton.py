@@ -233,7 +233,8 @@ def _warm_jit() -> None:
     if _JIT_READY:
         return
     _JIT_READY.append(True)
-    build_dfa(Rules({"s": Lit(b"a")}, "s"))
+    one = build_dfa(Rules({"s": Lit(b"a")}, "s"))
+    product(one, one)
 
 
 @contextmanager
@@ -296,43 +297,20 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
 
     Raises EmptyLanguageError if the result is empty.
     """
+    from grammars.reach import pair_product
+
+    check_deadline()
     nb = b.n_states
-    dead_b = nb  # b's implicit dead state
-    tb = np.vstack([b.trans, np.full((1, 256), -1, dtype=np.int32)])
-    tb = np.where(tb < 0, dead_b, tb)
+    rows, pairs = pair_product(a.trans, b.trans, op != "and", max_states)
+    if not len(rows):
+        raise GrammarTooLargeError(f"automaton product exceeds {max_states} states")
     acc_b = np.append(b.accepting, False)
-    ids: dict[int, int] = {0: 0}
-    pairs: list[int] = [0]
-    rows: list[np.ndarray] = []
-    i = 0
-    while i < len(pairs):
-        pa, pb = divmod(pairs[i], nb + 1)
-        na_row = a.trans[pa]
-        nb_row = tb[pb]
-        if op == "and":
-            ok = (na_row >= 0) & (nb_row != dead_b)
-        else:
-            ok = na_row >= 0
-        keys = np.where(ok, na_row.astype(np.int64) * (nb + 1) + nb_row, -1)
-        row = np.full(256, -1, dtype=np.int32)
-        for k in np.unique(keys[ok]):
-            j = ids.get(int(k))
-            if j is None:
-                j = len(pairs)
-                if j >= max_states:
-                    raise GrammarTooLargeError(f"automaton product exceeds {max_states} states")
-                ids[int(k)] = j
-                pairs.append(int(k))
-            row[keys == k] = j
-        rows.append(row)
-        i += 1
-    pa_arr = np.array(pairs) // (nb + 1)
-    pb_arr = np.array(pairs) % (nb + 1)
+    pa_arr, pb_arr = pairs // (nb + 1), pairs % (nb + 1)
     if op == "and":
         acc = a.accepting[pa_arr] & acc_b[pb_arr]
     else:
         acc = a.accepting[pa_arr] & ~acc_b[pb_arr]
-    return minimize(_trim(np.stack(rows), acc))
+    return minimize(_trim(rows, acc))
 
 
 def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:

@@ -1,12 +1,13 @@
 """Reachability in a byte DFA (numba), for trimming: which states can still reach an accepting
-state, and the breadth-first order of the states reachable from the start through those."""
+state, and the breadth-first order of the states reachable from the start through those; the
+reachable product of two DFAs."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-__all__ = ["live_order", "renumber"]
+__all__ = ["live_order", "pair_product", "renumber"]
 
 
 @njit(cache=True, nogil=True)
@@ -83,3 +84,70 @@ def renumber(trans: np.ndarray, live: np.ndarray, order: np.ndarray) -> np.ndarr
             if y >= 0 and live[y]:
                 out[i, b] = new_id[y]
     return out
+
+
+@njit(cache=True, nogil=True)
+def pair_product(ta: np.ndarray, tb: np.ndarray, keep_a_only: bool, max_states: int
+                 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+    """The reachable part of the product of DFAs ``ta`` and ``tb`` (start ``(0, 0)``).
+    Returns ``(rows, pairs)``: ``rows[i, c]`` the state after byte ``c`` (-1: none) and
+    ``pairs[i] = a * (nb + 1) + b`` the pair of state ``i``, with ``b == nb`` once ``tb`` is
+    dead (followed only when ``keep_a_only``; otherwise a dead side ends the move). Empty
+    ``rows`` (0 states) when the product would exceed ``max_states`` states."""
+    nb = tb.shape[0]
+    width = nb + 1
+    cap = 256
+    pairs = np.empty(cap, dtype=np.int64)
+    rows = np.empty((cap, 256), dtype=np.int32)
+    table = np.full(2 * cap, -1, dtype=np.int64)
+    pairs[0] = 0
+    table[0] = 0
+    n = 1
+    i = 0
+    while i < n:
+        pa = pairs[i] // width
+        pb = pairs[i] % width
+        for c in range(256):
+            x = ta[pa, c]
+            y = tb[pb, c] if pb < nb else -1
+            if x < 0 or (y < 0 and not keep_a_only):
+                rows[i, c] = -1
+                continue
+            if y < 0:
+                y = nb
+            key = x * width + y
+            mask = table.shape[0] - 1
+            j = (key * 0x5851F42D4C957F2D) & mask
+            while table[j] >= 0 and pairs[table[j]] != key:
+                j = (j + 1) & mask
+            if table[j] >= 0:
+                rows[i, c] = table[j]
+                continue
+            if n >= max_states:
+                return np.empty((0, 256), dtype=np.int32), pairs[:0]
+            if n == cap:
+                cap *= 2
+                p2 = np.empty(cap, dtype=np.int64)
+                p2[:n] = pairs[:n]
+                pairs = p2
+                r2 = np.empty((cap, 256), dtype=np.int32)
+                r2[:n] = rows[:n]
+                rows = r2
+                t2 = np.full(2 * cap, -1, dtype=np.int64)
+                m2 = t2.shape[0] - 1
+                for v in range(n):
+                    h = (pairs[v] * 0x5851F42D4C957F2D) & m2
+                    while t2[h] >= 0:
+                        h = (h + 1) & m2
+                    t2[h] = v
+                table = t2
+                mask = m2
+                j = (key * 0x5851F42D4C957F2D) & mask
+                while table[j] >= 0:
+                    j = (j + 1) & mask
+            pairs[n] = key
+            table[j] = n
+            rows[i, c] = n
+            n += 1
+        i += 1
+    return rows[:n], pairs[:n]

@@ -101,3 +101,27 @@ def test_the_lexer_product_honours_the_compile_deadline() -> None:
     terminals = [dfa_of(regex_to_node(f"[a-z]{{{i},{i + 40}}}x")) for i in range(1, 12)]
     with pytest.raises(CompileTimeoutError), deadline(1e-9):
         build_lexer(terminals)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_product_accepts_the_intersection_and_the_difference(seed: int) -> None:
+    """``product`` (grammars.reach.pair_product) against membership on every short word."""
+    import itertools
+
+    rng = np.random.default_rng(100 + seed)
+    checked = 0
+    while checked < 25:
+        a, b = random_dfa(rng), random_dfa(rng)
+        if a is None or b is None:
+            continue
+        for op in ("and", "diff"):
+            try:
+                p = product(a, b, op=op)
+            except EmptyLanguageError:
+                p = None
+            for length in range(5):
+                for word in itertools.product(b"abcdef", repeat=length):
+                    want = a.matches(bytes(word)) and (
+                        b.matches(bytes(word)) if op == "and" else not b.matches(bytes(word)))
+                    assert (p is not None and p.matches(bytes(word))) == want, (seed, op, word)
+        checked += 1
