@@ -268,11 +268,14 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
     start = b.build(_Ref(rules.start), 0)
     nfa = FlatNfa.from_lists(b.nfa.n, b.nfa.eps, b.nfa.edges)
     try:
-        trans, accepting = subset_construction(nfa, start, max_states=max_states,
-                                               check=check_deadline)
+        trans, cls, accepting = subset_construction(nfa, start, max_states=max_states,
+                                                    check=check_deadline)
     except TooManyStates:
         raise GrammarTooLargeError(f"the grammar's DFA exceeds {max_states} states") from None
-    return minimize(_trim(trans, accepting))
+    # trimmed and minimized over byte classes (classes are byte runs in byte order, so the
+    # breadth-first numbering is the one of the byte table), then expanded to bytes
+    small = minimize(_trim(trans, accepting))
+    return Dfa(trans=np.ascontiguousarray(small.trans[:, cls]), accepting=small.accepting)
 
 
 def _trim(trans: np.ndarray, accepting: np.ndarray) -> Dfa:

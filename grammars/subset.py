@@ -4,7 +4,7 @@ The NFA comes as flat arrays (:class:`FlatNfa`): epsilon moves and byte-range ed
 by source state (CSR). A DFA state is the set of "important" NFA states (those with edges,
 and the final state 0) its input can be in; sets are kept in one growing pool and interned in an
 open-addressing hash table. Bytes that every edge treats alike share a class, so a DFA row is
-computed per class and expanded to 256 bytes at the end. The target set of a class (before its
+computed per class (the caller expands it to 256 bytes, after minimizing). The target set of a class (before its
 epsilon closure) is interned too, so a target set met again is not closed again.
 
 The work runs in slices of DFA states (:func:`subset_slice`), so the caller can check its time
@@ -233,9 +233,11 @@ def subset_slice(eps_ptr, eps_dst, edge_ptr, edge_cl, edge_ch, edge_dst, importa
 
 def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
                         check: Callable[[], None] | None = None,
-                        slice_states: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The DFA of ``nfa`` from ``start``: ``(trans, accepting)`` with ``trans`` int32
-    ``(n, 256)`` (-1 = no move) and state 0 the start. Calls ``check()`` between slices of
+                        slice_states: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The DFA of ``nfa`` from ``start`` over byte classes: ``(trans, cls, accepting)`` with
+    ``trans`` int32 ``(n, classes)`` (-1 = no move), ``cls[byte]`` the class of each byte (classes
+    are runs of consecutive bytes, numbered in byte order; ``trans[:, cls]`` is the byte table)
+    and state 0 the start. Calls ``check()`` between slices of
     ``slice_states`` DFA states (it may raise, e.g. past a time limit); raises
     :class:`TooManyStates` when the DFA would exceed ``max_states`` states."""
     n = nfa.n
@@ -300,8 +302,7 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
         if check is not None:
             check()
     n_dfa = int(counts[1])
-    trans = np.ascontiguousarray(rows[:n_dfa][:, cls])
-    return trans, accepting[:n_dfa].copy()
+    return np.ascontiguousarray(rows[:n_dfa]), cls, accepting[:n_dfa].copy()
 
 
 def _weights(n: int) -> np.ndarray:
