@@ -21,7 +21,7 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa, gc_paused
 from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
-from grammars.tokenwalk import fill_rows, fill_rows_split, loop_like, walk_bytes, walk_token
+from grammars.tokenwalk import fill_rows_split, loop_like, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
 
 __all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
@@ -98,11 +98,10 @@ class CompiledGrammar:
 
     def compute_masks(self, states: np.ndarray | None = None) -> None:
         """Compute the mask rows of ``states`` (default: all) that are not computed yet."""
-        todo = np.nonzero(~self._done)[0] if states is None else np.asarray(states)
+        todo = np.nonzero(~self._done)[0] if states is None else np.unique(np.asarray(states))
         todo = todo[~self._done[todo]]
         if len(todo) == 0:
             return
-        rows = np.zeros((len(todo), self.masks.shape[1]), dtype=np.uint32)
         # Inside an unbounded JSON string body every "plain" token (complete or partial plain
         # UTF-8 characters) is allowed; only the few tokens with a quote, backslash or other
         # byte need the walk. States that behave like that loop (``_loops``) get those tokens
@@ -111,24 +110,13 @@ class CompiledGrammar:
         # its first character): most of a schema's expensive states are of these two kinds.
         plain = _plain_tokens(self.vocab)
         loops = self._loops()
-        body = loops[todo]
-        if body.any():
-            sub = np.repeat(plain.mask[None, :], int(body.sum()), axis=0)
-            fill_rows(self._trans, todo[body], plain.other_trie, sub)
-            rows[body] = sub
-        rest = ~body
-        if rest.any():
-            states = todo[rest]
-            nxt = self._trans[states][:, _ASCII_PLAIN]
-            direct = np.zeros((len(states), 256), dtype=bool)
-            direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
-            sub = np.zeros((len(states), self.masks.shape[1]), dtype=np.uint32)
-            fill_rows_split(self._trans, states, direct, plain.first_ptr, plain.first_ids,
-                            self.vocab.trie, plain.other_trie, sub)
-            rows[rest] = sub
-        acc = self._accepting[todo]
-        rows[acc] |= self._eos_words
-        self.masks[todo] = rows
+        nxt = self._trans[todo][:, _ASCII_PLAIN]
+        direct = np.zeros((len(todo), 256), dtype=bool)
+        direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
+        fill_rows_split(self._trans, todo, todo, loops[todo], direct, plain.mask, plain.first_ptr,
+                        plain.first_ids, self.vocab.trie, plain.other_trie, self.masks)
+        acc = todo[self._accepting[todo]]
+        self.masks[acc] |= self._eos_words
         self._done[todo] = True
 
     def _loops(self) -> np.ndarray:

@@ -65,11 +65,18 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> N
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _fill_rows_split(trans, states, direct, first_ptr, first_ids, tb, tdepth, tend, tok_ptr,
-                     tok_ids, ob, odepth, oend, optr, oids, out, max_depth):
+def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_ptr, first_ids, tb,
+                     tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
+                     max_depth):
     for i in prange(states.shape[0]):
         stack = np.empty(max_depth + 1, dtype=np.int32)
-        row = out[i]
+        row = out[dest[i]]
+        if whole[i]:
+            for w in range(row.shape[0]):
+                row[w] |= plain_mask[w]
+            every = np.ones(256, dtype=np.bool_)
+            _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, every)
+            continue
         walk_all = np.empty(256, dtype=np.bool_)
         has = False
         for b in range(256):
@@ -84,20 +91,23 @@ def _fill_rows_split(trans, states, direct, first_ptr, first_ids, tb, tdepth, te
             _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
 
 
-def fill_rows_split(trans: np.ndarray, states: np.ndarray, direct: np.ndarray,
-                    first_ptr: np.ndarray, first_ids: np.ndarray, trie, other_trie,
-                    out: np.ndarray) -> None:
-    """:func:`fill_rows` when part of each row is known without walking: for ``states[i]`` and
-    every first byte ``b`` with ``direct[i, b]``, the tokens ``first_ids[first_ptr[b]:
-    first_ptr[b + 1]]`` are readable (set without a walk) and the rest of the tokens starting
-    with ``b`` are those of ``other_trie``; the other first bytes walk ``trie``. Exact when the
-    caller's claim holds (see ``CompiledGrammar.compute_masks``)."""
+def fill_rows_split(trans: np.ndarray, states: np.ndarray, dest: np.ndarray, whole: np.ndarray,
+                    direct: np.ndarray, plain_mask: np.ndarray, first_ptr: np.ndarray,
+                    first_ids: np.ndarray, trie, other_trie, out: np.ndarray) -> None:
+    """:func:`fill_rows` into ``out[dest[i]]`` when part of each row is known without walking
+    (the tokens are split into "plain" ones, ``plain_mask``, and the rest, ``other_trie``).
+    When ``whole[i]``, every plain token is readable from ``states[i]`` and only ``other_trie``
+    is walked. Otherwise, for every first byte ``b`` with ``direct[i, b]`` the plain tokens
+    ``first_ids[first_ptr[b]:first_ptr[b + 1]]`` are readable (set without a walk) and
+    ``other_trie`` holds the rest of the tokens starting with ``b``; the other first bytes walk
+    ``trie``. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
     depth = max(trie.max_depth, other_trie.max_depth)
     with _PARALLEL_LOCK:
         _fill_rows_split(
-            trans, states.astype(np.int32), direct, first_ptr, first_ids, trie.byte, trie.depth,
-            trie.end, trie.tok_ptr, trie.tok_ids, other_trie.byte, other_trie.depth,
-            other_trie.end, other_trie.tok_ptr, other_trie.tok_ids, out, depth,
+            trans, states.astype(np.int32), dest.astype(np.int64), whole, direct, plain_mask,
+            first_ptr, first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids,
+            other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
+            other_trie.tok_ids, out, depth,
         )
 
 
