@@ -75,6 +75,7 @@ from grammars.ir import (
     seq,
     star,
 )
+from grammars.metaschema import first_metaschema_error
 from grammars.regex import (
     RegexSyntaxError,
     UnsupportedRegexError,
@@ -262,11 +263,10 @@ class _Compiler:
         self.validator_cls = jsonschema.validators.validator_for(
             root, default=jsonschema.Draft202012Validator
         )
-        try:
-            self.validator_cls.check_schema(root)
-        except jsonschema.SchemaError as e:
+        e = first_metaschema_error(root, self.validator_cls)
+        if e is not None:
             ptr = "".join("/" + str(p) for p in e.path)
-            raise InvalidSchemaError(e.message, pointer=ptr) from None
+            raise InvalidSchemaError(e.message, pointer=ptr)
         meta = getattr(self.validator_cls, "META_SCHEMA", {}).get("$schema", "")
         self.draft = (
             4 if "draft-04" in meta else 6 if "draft-06" in meta else 7 if "draft-07" in meta

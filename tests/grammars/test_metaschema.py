@@ -1,0 +1,102 @@
+"""The flat draft 2020-12 metaschema (grammars.metaschema) decides exactly as jsonschema's own
+check_schema: on every schema of the JSON Schema Test Suite (draft 2020-12), on the dev-slice
+schemas, and on broken copies of them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from grammars.metaschema import first_metaschema_error
+
+V = jsonschema.Draft202012Validator
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def suite_schemas() -> list:
+    out = []
+    for path in sorted((DATA / "json-schema-test-suite" / "tests" / "draft2020-12").glob("*.json")):
+        out.extend(group["schema"] for group in json.loads(path.read_text()))
+    return out
+
+
+def dev_schemas(n: int) -> list:
+    paths = sorted((DATA / "jsonschemabench-dev").glob("*/*.json"))
+    random.Random(0).shuffle(paths)
+    return [json.loads(p.read_text()) for p in paths[:n]]
+
+
+BREAKS = [
+    ("type", "strnig"), ("minLength", -1), ("maxItems", 1.5), ("properties", 3),
+    ("required", "x"), ("required", [1]), ("enum", {}), ("items", 7), ("$ref", 5),
+    ("pattern", "(unclosed"), ("anyOf", []), ("$defs", []), ("uniqueItems", "yes"),
+    ("definitions", {"a": 3}), ("dependencies", {"a": 3}), ("$anchor", "1bad"),
+    ("minContains", -2), ("dependentRequired", {"a": [1]}), ("format", 3),
+]
+
+
+def broken(schema, rng: random.Random):
+    """A copy with one keyword of one subschema (found by walking) set to a bad value."""
+    s = copy.deepcopy(schema)
+    subs = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            subs.append(x)
+            for k, v in x.items():
+                if k in ("properties", "$defs", "definitions", "patternProperties") and isinstance(v, dict):
+                    for sub in v.values():
+                        walk(sub)
+                elif isinstance(v, dict):
+                    walk(v)
+                elif isinstance(v, list):
+                    for sub in v:
+                        walk(sub)
+
+    walk(s)
+    if not subs:
+        return None
+    k, v = rng.choice(BREAKS)
+    rng.choice(subs)[k] = v
+    return s
+
+
+def same_verdict(schema) -> None:
+    try:
+        V.check_schema(schema)
+        want = None
+    except jsonschema.SchemaError as e:
+        want = e
+    got = first_metaschema_error(schema, V)
+    assert (got is None) == (want is None), (schema, got, want)
+    if want is not None:
+        # the error reported is one of those jsonschema finds (which one is "best" may differ:
+        # jsonschema ranks errors partly by how deep in the metaschema they arise)
+        meta = jsonschema.validators.validator_for(V.META_SCHEMA)(
+            V.META_SCHEMA, format_checker=V.FORMAT_CHECKER)
+        found = set()
+        stack = list(meta.iter_errors(schema))
+        while stack:
+            e = stack.pop()
+            found.add((tuple(e.absolute_path), e.message))
+            stack.extend(e.context or ())
+        assert (tuple(got.absolute_path), got.message) in found, (got, sorted(found)[:5])
+
+
+@pytest.mark.parametrize("source", ["suite", "dev"])
+def test_flat_metaschema_agrees_with_check_schema(source):
+    schemas = suite_schemas() if source == "suite" else dev_schemas(200)
+    rng = random.Random(1)
+    invalid = 0
+    for schema in schemas:
+        same_verdict(schema)
+        b = broken(schema, rng)
+        if b is not None:
+            same_verdict(b)
+            invalid += first_metaschema_error(b, V) is not None
+    assert invalid > len(schemas) // 3  # the broken copies did exercise the error path
