@@ -113,8 +113,9 @@ class CompiledGrammar:
         nxt = self._trans[todo][:, _ASCII_PLAIN]
         direct = np.zeros((len(todo), 256), dtype=bool)
         direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
-        fill_rows_split(self._trans, todo, todo, loops[todo], direct, plain.mask, plain.first_ptr,
-                        plain.first_ids, self.vocab.trie, plain.other_trie, self.masks)
+        fill_rows_split(self._trans, todo, todo, loops[todo], direct, plain.mask,
+                        plain.first_mask, plain.first_ptr, plain.first_ids, self.vocab.trie,
+                        plain.other_trie, self.masks)
         acc = todo[self._accepting[todo]]
         self.masks[acc] |= self._eos_words
         self._done[todo] = True
@@ -458,6 +459,7 @@ class _PlainTokens:
     other_trie: Any  # trie of every other token
     first_ptr: np.ndarray  # by first byte b: the plain tokens starting with plain ASCII byte b are
     first_ids: np.ndarray  # first_ids[first_ptr[b]:first_ptr[b + 1]]
+    first_mask: np.ndarray  # uint32 words: all of first_ids
 
 
 _PLAIN_CACHE: dict[str, _PlainTokens] = {}
@@ -496,7 +498,10 @@ def _plain_tokens(vocab: Vocabulary) -> _PlainTokens:
     ascii_ids = ascii_ids[np.argsort(first[ascii_ids], kind="stable")]
     first_ptr = np.zeros(257, dtype=np.int64)
     np.cumsum(np.bincount(first[ascii_ids], minlength=256), out=first_ptr[1:])
+    first_mask = np.zeros_like(words)
+    np.bitwise_or.at(first_mask, ascii_ids >> 5,
+                     (np.uint32(1) << (ascii_ids & 31).astype(np.uint32)))
     out = _PlainTokens(mask=words, other_trie=vocab.subtrie(~plain), first_ptr=first_ptr,
-                       first_ids=ascii_ids.astype(np.int64))
+                       first_ids=ascii_ids.astype(np.int64), first_mask=first_mask)
     _PLAIN_CACHE[vocab.fingerprint] = out
     return out

@@ -65,7 +65,8 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> N
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_ptr, first_ids, tb,
+def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_mask, first_ptr,
+                     first_ids, tb,
                      tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
                      max_depth):
     for i in prange(states.shape[0]):
@@ -78,35 +79,54 @@ def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_ptr, 
             _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, every)
             continue
         walk_all = np.empty(256, dtype=np.bool_)
-        has = False
+        n_direct = 0
+        n_first = 0  # first bytes that have plain tokens
         for b in range(256):
             walk_all[b] = not direct[i, b]
-            if direct[i, b]:
-                has = True
-                for k in range(first_ptr[b], first_ptr[b + 1]):
-                    t = first_ids[k]
-                    row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+            if first_ptr[b + 1] > first_ptr[b]:
+                n_first += 1
+                if direct[i, b]:
+                    n_direct += 1
+        if 2 * n_direct > n_first:
+            # most first bytes are direct: copy all the plain tokens that have a first byte
+            # listed, then clear those of the first bytes that are not direct
+            for w in range(row.shape[0]):
+                row[w] |= first_mask[w]
+            for b in range(256):
+                if not direct[i, b]:
+                    for k in range(first_ptr[b], first_ptr[b + 1]):
+                        t = first_ids[k]
+                        row[t >> 5] &= ~(np.uint32(1) << np.uint32(t & 31))
+        else:
+            for b in range(256):
+                if direct[i, b]:
+                    for k in range(first_ptr[b], first_ptr[b + 1]):
+                        t = first_ids[k]
+                        row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+        has = n_direct > 0
         _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
         if has:
             _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
 
 
 def fill_rows_split(trans: np.ndarray, states: np.ndarray, dest: np.ndarray, whole: np.ndarray,
-                    direct: np.ndarray, plain_mask: np.ndarray, first_ptr: np.ndarray,
-                    first_ids: np.ndarray, trie, other_trie, out: np.ndarray) -> None:
+                    direct: np.ndarray, plain_mask: np.ndarray, first_mask: np.ndarray,
+                    first_ptr: np.ndarray, first_ids: np.ndarray, trie, other_trie,
+                    out: np.ndarray) -> None:
     """:func:`fill_rows` into ``out[dest[i]]`` when part of each row is known without walking
     (the tokens are split into "plain" ones, ``plain_mask``, and the rest, ``other_trie``).
     When ``whole[i]``, every plain token is readable from ``states[i]`` and only ``other_trie``
     is walked. Otherwise, for every first byte ``b`` with ``direct[i, b]`` the plain tokens
     ``first_ids[first_ptr[b]:first_ptr[b + 1]]`` are readable (set without a walk) and
     ``other_trie`` holds the rest of the tokens starting with ``b``; the other first bytes walk
-    ``trie``. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
+    ``trie``. ``first_mask`` holds the tokens of ``first_ids`` as bits; the rows of ``out`` must
+    start at zero. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
     depth = max(trie.max_depth, other_trie.max_depth)
     with _PARALLEL_LOCK:
         _fill_rows_split(
             trans, states.astype(np.int32), dest.astype(np.int64), whole, direct, plain_mask,
-            first_ptr, first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids,
-            other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
+            first_mask, first_ptr, first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr,
+            trie.tok_ids, other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
             other_trie.tok_ids, out, depth,
         )
 
