@@ -21,7 +21,7 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa, gc_paused
 from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
-from grammars.tokenwalk import fill_rows_split, loop_like, walk_bytes, walk_token
+from grammars.tokenwalk import fill_rows, loop_like, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
 
 __all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
@@ -113,9 +113,8 @@ class CompiledGrammar:
         nxt = self._trans[todo][:, _ASCII_PLAIN]
         direct = np.zeros((len(todo), 256), dtype=bool)
         direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
-        fill_rows_split(self._trans, todo, todo, loops[todo], direct, plain.mask,
-                        plain.first_mask, plain.first_ptr, plain.first_ids, self.vocab.trie,
-                        plain.other_trie, self.masks)
+        fill_rows(self._trans, todo, loops[todo], direct, plain.mask, plain.first_mask,
+                  plain.first_ptr, plain.first_ids, self.vocab.trie, plain.other_trie, self.masks)
         acc = todo[self._accepting[todo]]
         self.masks[acc] |= self._eos_words
         self._done[todo] = True

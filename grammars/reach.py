@@ -9,6 +9,8 @@ from numba import njit
 
 __all__ = ["live_order", "pair_product", "renumber"]
 
+_MIX = 0x5851F42D4C957F2D  # odd multiplier of the pair hash
+
 
 @njit(cache=True, nogil=True)
 def live_order(trans: np.ndarray, accepting: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
@@ -115,17 +117,7 @@ def pair_product(ta: np.ndarray, tb: np.ndarray, keep_a_only: bool, max_states: 
                 continue
             if y < 0:
                 y = nb
-            key = x * width + y
-            mask = table.shape[0] - 1
-            j = (key * 0x5851F42D4C957F2D) & mask
-            while table[j] >= 0 and pairs[table[j]] != key:
-                j = (j + 1) & mask
-            if table[j] >= 0:
-                rows[i, c] = table[j]
-                continue
-            if n >= max_states:
-                return np.empty((0, 256), dtype=np.int32), pairs[:0]
-            if n == cap:
+            if n == cap:  # room for one more pair before probing
                 cap *= 2
                 p2 = np.empty(cap, dtype=np.int64)
                 p2[:n] = pairs[:n]
@@ -133,18 +125,22 @@ def pair_product(ta: np.ndarray, tb: np.ndarray, keep_a_only: bool, max_states: 
                 r2 = np.empty((cap, 256), dtype=np.int32)
                 r2[:n] = rows[:n]
                 rows = r2
-                t2 = np.full(2 * cap, -1, dtype=np.int64)
-                m2 = t2.shape[0] - 1
+                table = np.full(2 * cap, -1, dtype=np.int64)
                 for v in range(n):
-                    h = (pairs[v] * 0x5851F42D4C957F2D) & m2
-                    while t2[h] >= 0:
-                        h = (h + 1) & m2
-                    t2[h] = v
-                table = t2
-                mask = m2
-                j = (key * 0x5851F42D4C957F2D) & mask
-                while table[j] >= 0:
-                    j = (j + 1) & mask
+                    h = (pairs[v] * _MIX) & (table.shape[0] - 1)
+                    while table[h] >= 0:
+                        h = (h + 1) & (table.shape[0] - 1)
+                    table[h] = v
+            key = x * width + y
+            mask = table.shape[0] - 1
+            j = (key * _MIX) & mask
+            while table[j] >= 0 and pairs[table[j]] != key:
+                j = (j + 1) & mask
+            if table[j] >= 0:
+                rows[i, c] = table[j]
+                continue
+            if n >= max_states:
+                return np.empty((0, 256), dtype=np.int32), pairs[:0]
             pairs[n] = key
             table[j] = n
             rows[i, c] = n

@@ -93,6 +93,18 @@ def _find(table, hashes, pool, ptr, size, h, mark, stamp):  # pragma: no cover -
 
 
 @njit(cache=True, nogil=True)
+def _store(table, hashes, pool, ptr, idx, key, h, slot):  # pragma: no cover - numba
+    """Add ``key`` as set ``idx`` (the next one) at ``slot`` of ``table`` (from :func:`_find`);
+    the caller has made room."""
+    base = ptr[idx]
+    for x in range(key.shape[0]):
+        pool[base + x] = key[x]
+    ptr[idx + 1] = base + key.shape[0]
+    hashes[idx] = h
+    table[slot] = idx
+
+
+@njit(cache=True, nogil=True)
 def _rehash(table, hashes, count):  # pragma: no cover - numba
     new = np.full(table.shape[0] * 2, -1, dtype=np.int32)
     mask = new.shape[0] - 1
@@ -207,21 +219,11 @@ def subset_slice(eps_ptr, eps_dst, edge_ptr, edge_cl, edge_ch, edge_dst, importa
                 if (n + 2 > rows.shape[0] or ptrs[0, n] + mc > pools.shape[1]
                         or 2 * (n + 1) > tables.shape[1]):
                     return _GROW
-                b0 = ptrs[0, n]
-                for x in range(mc):
-                    pools[0, b0 + x] = key[x]
-                ptrs[0, n + 1] = ptrs[0, n] + mc
-                hashes[0, n] = hk
-                tables[0, slot] = n
+                _store(tables[0], hashes[0], pools[0], ptrs[0], n, key, hk, slot)
                 accepting[n] = marks[0, 0] == stamp
                 j = n
                 counts[1] = n + 1
-            b1 = ptrs[1, n_pre]
-            for x in range(m):
-                pools[1, b1 + x] = seg[x]
-            ptrs[1, n_pre + 1] = ptrs[1, n_pre] + m
-            hashes[1, n_pre] = h
-            tables[1, pslot] = n_pre
+            _store(tables[1], hashes[1], pools[1], ptrs[1], n_pre, seg, h, pslot)
             pval[n_pre] = j
             counts[2] = n_pre + 1
             rows[i, k] = j

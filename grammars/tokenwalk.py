@@ -1,7 +1,8 @@
 """Numba kernels that walk the flat token trie through a byte DFA.
 
 ``fill_rows`` computes, for DFA states, the bitmask row of tokens whose whole byte string the DFA
-can read from that state (pruning a trie subtree the moment the DFA dies). ``walk_token`` advances
+can read from that state (pruning a trie subtree the moment the DFA dies; tokens known to be
+readable from a JSON string-body loop are set without a walk). ``walk_token`` advances
 one state over one token's bytes. Compiled with ``cache=True`` so the JIT cost is paid once per
 machine, not per process.
 """
@@ -21,7 +22,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "fill_rows", "fill_rows_split", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["child_bytes", "fill_rows", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -48,30 +49,11 @@ def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack, firs
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _fill_rows_parallel(trans, states, tb, tdepth, tend, tok_ptr, tok_ids, out, max_depth):
+def _fill_rows(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids, tb,
+               tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth):
     for i in prange(states.shape[0]):
         stack = np.empty(max_depth + 1, dtype=np.int32)
-        every = np.ones(256, dtype=np.bool_)
-        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, out[i], stack, every)
-
-
-def fill_rows(trans: np.ndarray, states: np.ndarray, trie, out: np.ndarray) -> None:
-    """OR into ``out[i]`` (uint32 words) the tokens readable from ``states[i]``."""
-    with _PARALLEL_LOCK:
-        _fill_rows_parallel(
-            trans, states.astype(np.int32), trie.byte, trie.depth, trie.end, trie.tok_ptr,
-            trie.tok_ids, out, trie.max_depth,
-        )
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_mask, first_ptr,
-                     first_ids, tb,
-                     tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
-                     max_depth):
-    for i in prange(states.shape[0]):
-        stack = np.empty(max_depth + 1, dtype=np.int32)
-        row = out[dest[i]]
+        row = out[states[i]]
         if whole[i]:
             for w in range(row.shape[0]):
                 row[w] |= plain_mask[w]
@@ -103,19 +85,18 @@ def _fill_rows_split(trans, states, dest, whole, direct, plain_mask, first_mask,
                     for k in range(first_ptr[b], first_ptr[b + 1]):
                         t = first_ids[k]
                         row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
-        has = n_direct > 0
         _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
-        if has:
+        if n_direct > 0:
             _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
 
 
-def fill_rows_split(trans: np.ndarray, states: np.ndarray, dest: np.ndarray, whole: np.ndarray,
-                    direct: np.ndarray, plain_mask: np.ndarray, first_mask: np.ndarray,
-                    first_ptr: np.ndarray, first_ids: np.ndarray, trie, other_trie,
-                    out: np.ndarray) -> None:
-    """:func:`fill_rows` into ``out[dest[i]]`` when part of each row is known without walking
-    (the tokens are split into "plain" ones, ``plain_mask``, and the rest, ``other_trie``).
-    When ``whole[i]``, every plain token is readable from ``states[i]`` and only ``other_trie``
+def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: np.ndarray,
+              plain_mask: np.ndarray, first_mask: np.ndarray, first_ptr: np.ndarray,
+              first_ids: np.ndarray, trie, other_trie, out: np.ndarray) -> None:
+    """OR into ``out[states[i]]`` (uint32 words, distinct states) the tokens readable from
+    ``states[i]``, walking the token trie only where a row is not known without it (the tokens
+    are split into "plain" ones, ``plain_mask``, and the rest, ``other_trie``; ``trie`` has them
+    all). When ``whole[i]``, every plain token is readable from ``states[i]`` and only ``other_trie``
     is walked. Otherwise, for every first byte ``b`` with ``direct[i, b]`` the plain tokens
     ``first_ids[first_ptr[b]:first_ptr[b + 1]]`` are readable (set without a walk) and
     ``other_trie`` holds the rest of the tokens starting with ``b``; the other first bytes walk
@@ -123,8 +104,8 @@ def fill_rows_split(trans: np.ndarray, states: np.ndarray, dest: np.ndarray, who
     start at zero. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
     depth = max(trie.max_depth, other_trie.max_depth)
     with _PARALLEL_LOCK:
-        _fill_rows_split(
-            trans, states.astype(np.int32), dest.astype(np.int64), whole, direct, plain_mask,
+        _fill_rows(
+            trans, states.astype(np.int64), whole, direct, plain_mask,
             first_mask, first_ptr, first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr,
             trie.tok_ids, other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
             other_trie.tok_ids, out, depth,
