@@ -1,9 +1,7 @@
 """Grammar nodes -> byte NFA -> trimmed byte DFA (the regular path).
 
-The NFA is built in continuation-passing style (Thompson construction where each node is compiled
-*before a known continuation state*), memoized on ``(node, continuation)``: a node object that
-reappears with the same continuation shares its states. The JSON Schema compiler relies on this,
-e.g. "the remaining properties" automata for any-order objects are shared instead of copied.
+The NFA is built by :mod:`grammars.nfabuild` (Thompson's construction in continuation-passing
+style, memoized on ``(node, continuation)``, in numba).
 
 The DFA is the subset construction (numba, over byte classes: :mod:`grammars.subset`), trimmed to states from which an accepting
 state is reachable (so every live state can still finish: a mask never allows a dead end). It is a
@@ -23,158 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
-from grammars.ir import Alt, Automaton, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
-from grammars.subset import FlatNfa, TooManyStates, subset_construction
+from grammars.ir import Lit, Node, Rules
+from grammars.nfabuild import NotRegularError, build_nfa, flatten
+from grammars.subset import TooManyStates, subset_construction
 
 __all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
 
 DEFAULT_MAX_STATES = 200_000
-
-
-class NotRegularError(Exception):
-    """The grammar is recursive: it needs the context-free path."""
-
-    def __init__(self, rule: str) -> None:
-        self.rule = rule
-        super().__init__(f"rule {rule!r} is recursive")
-
-
-class _Nfa:
-    """States 0..n-1; state 0 is the final state. ``eps``: flat pairs (src, dst) of epsilon moves;
-    ``edges``: flat quadruples (src, lo, hi, dst) of byte-range moves (see :class:`FlatNfa`)."""
-
-    def __init__(self, max_states: int) -> None:
-        self.n = 1
-        self.eps: list[int] = []
-        self.edges: list[int] = []
-        self.limit = max_states * 8
-
-    def new(self) -> int:
-        n = self.n
-        if not n & 4095:
-            check_deadline()
-            if n >= self.limit:
-                raise GrammarTooLargeError(f"the grammar's automaton exceeds {self.limit} NFA states")
-        self.n = n + 1
-        return n
-
-    def block(self, k: int) -> int:
-        """``k`` new states, numbered consecutively; returns the first."""
-        n = self.n
-        if (n >> 12) != ((n + k) >> 12):
-            check_deadline()
-            if n + k >= self.limit:
-                raise GrammarTooLargeError(f"the grammar's automaton exceeds {self.limit} NFA states")
-        self.n = n + k
-        return n
-
-
-class _Builder:
-    def __init__(self, rules: Rules, max_states: int) -> None:
-        self.rules = rules.rules
-        self.nfa = _Nfa(max_states)
-        self.memo: dict[tuple[int, int], int] = {}
-        self.placeholders: dict[tuple[str, int], int] = {}
-        self.keep: list[Node] = []  # keep nodes alive so ids stay unique
-        self.active: dict[str, int] = {}
-
-    def build(self, node: Node, cont: int) -> int:
-        key = (id(node), cont)
-        s = self.memo.get(key)
-        if s is not None:
-            return s
-        s = self._build(node, cont)
-        self.memo[key] = s
-        self.keep.append(node)
-        return s
-
-    def _build(self, node: Node, cont: int) -> int:
-        nfa = self.nfa
-        if isinstance(node, Lit):
-            data = node.data
-            k = len(data)
-            if not k:
-                return cont
-            f = nfa.block(k)
-            edges = nfa.edges
-            for i in range(k - 1):
-                b = data[i]
-                edges.extend((f + i, b, b, f + i + 1))
-            edges.extend((f + k - 1, data[-1], data[-1], cont))
-            return f
-        if isinstance(node, Bytes):
-            t = nfa.new()
-            for lo, hi in node.ranges:
-                nfa.edges.extend((t, lo, hi, cont))
-            return t
-        if isinstance(node, Seq):
-            s = cont
-            for item in reversed(node.items):
-                s = self.build(item, s)
-            return s
-        if isinstance(node, Alt):
-            t = nfa.new()
-            for item in node.items:
-                nfa.eps.extend((t, self.build(item, cont)))
-            return t
-        if isinstance(node, Repeat):
-            s = cont
-            if node.hi is None:
-                loop = nfa.new()
-                body = self.build(node.item, loop)
-                nfa.eps.extend((loop, body, loop, cont))
-                s = loop
-            else:
-                for _ in range(node.hi - node.lo):
-                    t = nfa.new()
-                    nfa.eps.extend((t, self.build(node.item, s), t, cont))
-                    s = t
-            for _ in range(node.lo):
-                s = self.build(node.item, s)
-            return s
-        if isinstance(node, Ref):
-            # Right-linear recursion (the rule recurs only in tail position, i.e. with the same
-            # continuation) is regular: the placeholder state closes the loop. Any other
-            # recursion needs the context-free path.
-            key = (node.name, cont)
-            placeholder = self.placeholders.get(key)
-            if placeholder is not None:
-                return placeholder
-            if node.name in self.active:
-                raise NotRegularError(node.name)
-            if node.name not in self.rules:
-                from grammars.errors import InvalidGrammarError
-
-                raise InvalidGrammarError("undefined rule", rule=node.name)
-            p = nfa.new()
-            self.placeholders[key] = p
-            self.active[node.name] = cont
-            try:
-                nfa.eps.extend((p, self.build(self.rules[node.name], cont)))
-            finally:
-                del self.active[node.name]
-                del self.placeholders[key]
-            return p
-        if isinstance(node, Automaton):
-            n = node.trans.shape[0]
-            base = np.arange(nfa.block(n), nfa.n, dtype=np.int64)
-            acc = base[np.flatnonzero(node.accepting)]
-            nfa.eps.extend(np.stack([acc, np.full_like(acc, cont)], axis=1).ravel().tolist())
-            # one edge per run of equal targets in a row (vectorized over all rows)
-            trans = node.trans
-            starts = np.ones(trans.shape, dtype=bool)
-            starts[:, 1:] = trans[:, 1:] != trans[:, :-1]
-            rows, los = np.nonzero(starts)
-            his = np.empty_like(los)
-            his[:-1] = np.where(rows[1:] == rows[:-1], los[1:] - 1, 255)
-            if len(his):
-                his[-1] = 255
-            targets = trans[rows, los]
-            keep = targets >= 0
-            quads = np.stack([base[rows[keep]], los[keep], his[keep], base[targets[keep]]], axis=1)
-            nfa.edges.extend(quads.ravel().tolist())
-            return int(base[0])
-        raise TypeError(f"unknown node {type(node).__name__}")
 
 
 @dataclass
@@ -262,11 +115,7 @@ def check_deadline() -> None:
 def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
     """Subset construction of the grammar's start rule. Raises NotRegularError if recursive,
     EmptyLanguageError if it matches nothing, GrammarTooLargeError past ``max_states``."""
-    from grammars.ir import Ref as _Ref
-
-    b = _Builder(rules, max_states)
-    start = b.build(_Ref(rules.start), 0)
-    nfa = FlatNfa.from_lists(b.nfa.n, b.nfa.eps, b.nfa.edges)
+    nfa, start = build_nfa(flatten(rules), max_states=8 * max_states)
     try:
         trans, cls, accepting = subset_construction(nfa, start, max_states=max_states,
                                                     check=check_deadline)

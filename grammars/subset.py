@@ -46,8 +46,14 @@ class FlatNfa:
     def from_lists(cls, n: int, eps: list[int], edges: list[int]) -> FlatNfa:
         """From flat Python lists: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
         ``(src, lo, hi, dst)``."""
-        e = np.array(eps, dtype=np.int64).reshape(-1, 2)
-        q = np.array(edges, dtype=np.int64).reshape(-1, 4)
+        return cls.from_arrays(n, np.array(eps, dtype=np.int64), np.array(edges, dtype=np.int64))
+
+    @classmethod
+    def from_arrays(cls, n: int, eps: np.ndarray, edges: np.ndarray) -> FlatNfa:
+        """From flat integer arrays: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
+        ``(src, lo, hi, dst)``."""
+        e = eps.reshape(-1, 2)
+        q = edges.reshape(-1, 4)
         eo = np.argsort(e[:, 0], kind="stable")
         qo = np.argsort(q[:, 0], kind="stable")
         eps_ptr = np.zeros(n + 1, dtype=np.int64)

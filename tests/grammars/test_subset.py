@@ -67,11 +67,10 @@ def test_state_limit_and_slices():
     k = 6
     ab = Bytes(((ord("a"), ord("b")),))
     node = Seq((Repeat(ab, 0, None), Lit(b"a")) + (ab,) * k)
-    from grammars.automaton import _Builder, build_dfa
+    from grammars.automaton import build_dfa
+    from grammars.nfabuild import build_nfa, flatten
 
-    b = _Builder(Rules({"s": node}, "s"), 10_000)
-    start = b.build(node, 0)
-    nfa = FlatNfa.from_lists(b.nfa.n, b.nfa.eps, b.nfa.edges)
+    nfa, start = build_nfa(flatten(Rules({"s": node}, "s")), max_states=10_000)
     calls = []
     trans, _, _ = subset_construction(nfa, start, max_states=10_000,
                                       check=lambda: calls.append(1), slice_states=8)
