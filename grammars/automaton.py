@@ -23,7 +23,7 @@ import numpy as np
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Lit, Node, Rules
 from grammars.nfabuild import NotRegularError, build_nfa, flatten
-from grammars.subset import TooManyStates, subset_construction
+from grammars.subset import TooManyStates, hash_weights, subset_construction
 
 __all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
 
@@ -165,6 +165,42 @@ def product(a: Dfa, b: Dfa, *, op: str = "and", max_states: int = DEFAULT_MAX_ST
     return minimize(_trim(rows, acc))
 
 
+def without_words(dfa: Dfa, words: list[bytes]) -> Dfa:
+    """The trimmed DFA of ``dfa``'s language minus the byte strings ``words`` (not minimized):
+    the trie of the words walked through ``dfa``, each trie node paired with the state ``dfa``
+    reaches on its prefix, and a free copy of ``dfa`` entered where a byte leaves the trie.
+    Much cheaper than a product with the words' DFA when there are few words (the declared
+    property names of an object, say). Raises EmptyLanguageError when nothing is left."""
+    trans, acc = dfa.trans, dfa.accepting
+    state = [0]  # the dfa state of each trie node
+    children: list[dict[int, int]] = [{}]
+    word_end = [False]
+    for w in words:
+        t = s = 0
+        for b in w:
+            s = int(trans[s, b])
+            if s < 0:
+                break  # not in the language: nothing to take out
+            c = children[t].get(b)
+            if c is None:
+                c = len(state)
+                children[t][b] = c
+                children.append({})
+                state.append(s)
+                word_end.append(False)
+            t = c
+        else:
+            word_end[t] = True
+    n_trie = len(state)
+    free = np.where(trans >= 0, trans + n_trie, -1).astype(np.int32)
+    out = np.concatenate([free[np.array(state)], free])
+    for t, kids in enumerate(children):
+        for b, c in kids.items():
+            out[t, b] = c
+    accepting = np.concatenate([acc[np.array(state)] & ~np.array(word_end), acc])
+    return _trim(out, accepting)
+
+
 def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:
     """DFA of ``lo`` to ``hi`` repetitions of ``body`` built directly as a chain of copies (a
     ``maxLength: 1024`` string without unrolling 1024 NFA fragments), or None when ``body`` is not
@@ -189,26 +225,13 @@ def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:
     return minimize(_trim(out, accepting))
 
 
-_WEIGHTS: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
-
-
-def _hash_weights(n: int) -> np.ndarray:
-    """``n`` fixed random int64 weights (one draw, extended as needed; the lexer asks per state)."""
-    w = _WEIGHTS[0]
-    if len(w) < n:
-        rng = np.random.default_rng(0xC01 + len(w))
-        w = _WEIGHTS[0] = np.concatenate(
-            [w, rng.integers(1, 2**62, size=max(n, 2 * len(w)) - len(w), dtype=np.int64)])
-    return w[:n]
-
-
 def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct columns of ``trans`` and each byte's column index (byte equivalence classes).
 
     Columns are grouped by a wrapping int64 hash, then verified equal exactly; a collision (never
     observed) falls back to numpy's exact (slow) column sort.
     """
-    w = _hash_weights(trans.shape[0])
+    w = hash_weights(trans.shape[0])
     with np.errstate(over="ignore"):
         h = (trans.astype(np.int64) + 1).T @ w
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)

@@ -49,6 +49,7 @@ import json
 import math
 import time
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urldefrag, urljoin
 
@@ -65,6 +66,7 @@ from grammars.ir import (
     NOTHING,
     Automaton,
     Bytes,
+    Lit,
     Node,
     Ref,
     Rules,
@@ -169,6 +171,16 @@ _ANY_RULE = "any:value"  # the recursive any-value rule (``max_any_depth=None``)
 
 
 _ANY_CHAR_DFA: list[Any] = []
+_ANY_STRING_DFA: list[Any] = []
+
+
+def _any_string_dfa() -> Any:
+    """The DFA of every JSON string text, quotes included (built once per process)."""
+    if not _ANY_STRING_DFA:
+        from grammars.automaton import dfa_of
+
+        _ANY_STRING_DFA.append(dfa_of(seq(lit('"'), star(_ANY_CHAR), lit('"'))))
+    return _ANY_STRING_DFA[0]
 
 
 def _length_body(lo: int, hi: int | None) -> Node:
@@ -726,8 +738,12 @@ class _Compiler:
         return self.members_node(props, set(v), None)
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def string_chars(text: str) -> Node:
-        return seq(*(cc.json_string_char_node(((ord(c), ord(c)),)) for c in text))
+        """The JSON string body of ``text``: every spelling of each character (only ``/`` and the
+        special characters have escapes; the others are literal bytes)."""
+        return seq(*(lit(c) if c >= " " and c not in '"\\/' and not "\ud800" <= c <= "\udfff"
+                     else cc.json_string_char_node(((ord(c), ord(c)),)) for c in text))
 
     @staticmethod
     def string_literal_node(body: Node) -> Node:
@@ -982,14 +998,15 @@ class _Compiler:
         return out
 
     def _undeclared_keys(self, names: list[str], key_filter: Any) -> Any:
-        from grammars.automaton import dfa_of, product
+        from grammars.automaton import dfa_of, product, without_words
 
-        key = dfa_of(self.string_literal_node(star(_ANY_CHAR)))
+        key = _any_string_dfa()
         try:
-            if names:
-                declared = dfa_of(alt(*(self.string_literal_node(self.string_chars(k))
-                                        for k in names)))
-                key = product(key, declared, op="diff")
+            declared = [self.string_literal_node(self.string_chars(k)) for k in names]
+            if all(isinstance(d, Lit) for d in declared):  # one spelling per name
+                key = without_words(key, [d.data for d in declared])
+            elif declared:
+                key = product(key, dfa_of(alt(*declared)), op="diff")
             if key_filter is not None:
                 key = product(key, key_filter)
         except EmptyLanguageError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Literal
 
 from grammars import charclass as cc
@@ -204,7 +205,14 @@ def regex_to_node(
     mode: Literal["fullmatch", "search"] = "fullmatch",
     dialect: Literal["python", "ecma"] = "python",
 ) -> Node:
-    """Lower ``pattern`` to a byte-level node whose language is the set of encoded strings it matches."""
+    """Lower ``pattern`` to a byte-level node whose language is the set of encoded strings it
+    matches. Results are cached per process (nodes are immutable; the same format and number
+    patterns recur across schemas)."""
+    return _regex_to_node(pattern, encoder, mode, dialect)
+
+
+@lru_cache(maxsize=1024)
+def _regex_to_node(pattern: str, encoder: Encoder, mode: str, dialect: str) -> Node:
     try:
         parsed = _p.parse(pattern, 0)
     except re.error as e:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["FlatNfa", "TooManyStates", "subset_construction"]
+__all__ = ["FlatNfa", "TooManyStates", "hash_weights", "subset_construction"]
 
 
 class TooManyStates(Exception):
@@ -262,7 +262,7 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     edge_cl = cls[nfa.edge_lo]
     edge_ch = cls[nfa.edge_hi]
 
-    weights = _weights(n)
+    weights = hash_weights(n).view(np.uint64) * np.uint64(2) + np.uint64(1)  # odd
     marks = np.zeros((2, n), dtype=np.int64)
     stack = np.empty(n, dtype=np.int32)
     closed = np.empty(n, dtype=np.int32)
@@ -313,9 +313,18 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     return np.ascontiguousarray(rows[:n_dfa]), cls, accepting[:n_dfa].copy()
 
 
-def _weights(n: int) -> np.ndarray:
-    """``n`` fixed random uint64 weights (the set hash)."""
-    return np.random.default_rng(0x5B5E7).integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+_WEIGHTS: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+
+
+def hash_weights(n: int) -> np.ndarray:
+    """``n`` fixed random int64 weights in ``[1, 2**62)`` (one draw, extended as needed) for
+    order-free hashes of sets and columns."""
+    w = _WEIGHTS[0]
+    if len(w) < n:
+        rng = np.random.default_rng(0xC01 + len(w))
+        w = _WEIGHTS[0] = np.concatenate(
+            [w, rng.integers(1, 2**62, size=max(n, 2 * len(w)) - len(w), dtype=np.int64)])
+    return w[:n]
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:

@@ -125,3 +125,33 @@ def test_product_accepts_the_intersection_and_the_difference(seed: int) -> None:
                         b.matches(bytes(word)) if op == "and" else not b.matches(bytes(word)))
                     assert (p is not None and p.matches(bytes(word))) == want, (seed, op, word)
         checked += 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_without_words_takes_out_exactly_the_words(seed: int) -> None:
+    """``without_words`` against membership on every short word, with words inside and outside
+    the language, prefixes of one another and the empty word."""
+    import itertools
+
+    from grammars.automaton import without_words
+
+    rng = np.random.default_rng(200 + seed)
+    checked = 0
+    while checked < 25:
+        a = random_dfa(rng)
+        if a is None:
+            continue
+        words = [bytes(rng.choice(list(b"abcd"), size=int(rng.integers(0, 5))).tolist())
+                 for _ in range(int(rng.integers(1, 8)))]
+        words += [w for w in itertools.islice(
+            (bytes(x) for n in range(4) for x in itertools.product(b"abc", repeat=n)
+             if a.matches(bytes(x))), 3)]  # words the DFA accepts
+        try:
+            out = without_words(a, words)
+        except EmptyLanguageError:
+            out = None
+        for length in range(5):
+            for word in itertools.product(b"abcdef", repeat=length):
+                want = a.matches(bytes(word)) and bytes(word) not in words
+                assert (out is not None and out.matches(bytes(word))) == want, (seed, word, words)
+        checked += 1
