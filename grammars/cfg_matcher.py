@@ -43,6 +43,7 @@ from grammars.grammar import Grammar
 from grammars.lexer import Lexer, bit_list, bitset_words
 from grammars.tokenwalk import child_bytes, split_ends, walk_terminals
 from grammars.vocab import Vocabulary
+from kernels.bitmask import bitmask_row, write_bitmask_row
 
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
 
@@ -84,7 +85,6 @@ class CfgCompiledGrammar:
         self._bnodes = np.empty(1 << 16, dtype=np.int64)
         self._bstates = np.empty(1 << 16, dtype=np.int32)
         self._empty = np.zeros(self.words, dtype=np.uint32)
-        self._last_view: tuple[Any, np.ndarray] | None = None
         self._sets_scratch: np.ndarray | None = None
         self._state_rows: np.ndarray | None = None
         self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
@@ -290,26 +290,6 @@ class CfgCompiledGrammar:
                 outside.discard(id(col))
         return outside
 
-    def row_view(self, bitmask: Any, row: int) -> np.ndarray | None:
-        """``bitmask[row]`` as uint32 words sharing its memory (a numpy array, or a CPU torch
-        tensor), or None when it cannot be written in place (another device or width). The view
-        of the last bitmask is kept, so a loop that reuses one bitmask pays for it once."""
-        last = self._last_view
-        if last is not None and last[0] is bitmask:
-            arr = last[1]
-        else:
-            if isinstance(bitmask, np.ndarray):
-                arr = bitmask
-            elif bitmask.device.type == "cpu" and not bitmask.requires_grad:
-                arr = bitmask.numpy()
-            else:
-                return None
-            if arr.dtype != np.int32 or arr.ndim != 2 or arr.shape[1] != self.words:
-                return None
-            arr = arr.view(np.uint32)
-            self._last_view = (bitmask, arr)
-        return arr[row]
-
     def fill(self, hyps: tuple[Hyp, ...], out: np.ndarray, *, accepting: bool) -> None:
         """Write the allowed-token row of ``hyps`` (uint32 words) into ``out``; EOS when
         ``accepting`` (``self.accepting(hyps)``)."""
@@ -369,20 +349,14 @@ class CfgMatcher:
 
     def fill_next_token_bitmask(self, bitmask: Any, row: int = 0) -> None:
         g = self._g
-        dst = g.row_view(bitmask, row)
+        dst = bitmask_row(bitmask, row, g.words)
         words = dst if dst is not None else np.zeros(g.words, dtype=np.uint32)
         if self._terminated:
             words[:] = 0
         else:
             g.fill(self._hyps, words, accepting=self.is_accepting())
-        if dst is not None:
-            return
-        if isinstance(bitmask, np.ndarray):
-            bitmask[row] = words.view(np.int32)
-        else:
-            import torch
-
-            bitmask[row].copy_(torch.from_numpy(words.view(np.int32)))
+        if dst is None:
+            write_bitmask_row(bitmask, row, words)
 
     def forced_bytes(self) -> bytes:
         """Bytes the grammar forces next: none are computed on this path (always ``b""``)."""

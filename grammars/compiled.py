@@ -23,6 +23,7 @@ from grammars.errors import GrammarTooLargeError, InvalidGrammarError, Unsupport
 from grammars.grammar import Grammar
 from grammars.tokenwalk import fill_rows, loop_like, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
+from kernels.bitmask import write_bitmask_row
 
 __all__ = ["CompiledGrammar", "Matcher", "cache_dir", "clear_cache", "compile"]
 
@@ -224,13 +225,7 @@ class Matcher:
         if self._terminated:
             bitmask[row] = 0
             return
-        src = g.mask_row(self._state)
-        if isinstance(bitmask, np.ndarray):
-            bitmask[row] = src.view(np.int32)
-        else:
-            import torch
-
-            bitmask[row].copy_(torch.from_numpy(src.view(np.int32)))
+        write_bitmask_row(bitmask, row, g.mask_row(self._state))
 
     def few_allowed_tokens(self) -> tuple[int, ...] | None:
         """The allowed token ids when the state's mask row is already known and lists at most

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from kernels.bitmask import write_bitmask_row
+
 __all__ = ["SEMANTIC_KEYWORDS", "CheckedCompiledGrammar", "CheckedMatcher", "SchemaChecks"]
 
 #: Keywords whose subschema gets a semantic check when a value at its location completes.
@@ -456,12 +458,7 @@ class CheckedMatcher:
             if self._inner.is_accepting() and not g.checks.document_ok(self._state[0]):
                 for e in g.vocab.eos_token_ids:
                     flat[e >> 5] &= np.uint32(~(1 << (e & 31)) & 0xFFFFFFFF)
-        if isinstance(bitmask, np.ndarray):
-            bitmask[row] = words[0]
-        else:
-            import torch
-
-            bitmask[row].copy_(torch.from_numpy(words[0]))
+        write_bitmask_row(bitmask, row, words[0])
 
     def few_allowed_tokens(self) -> tuple[int, ...] | None:
         inner = getattr(self._inner, "few_allowed_tokens", None)
