@@ -245,31 +245,20 @@ def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def minimize(dfa: Dfa) -> Dfa:
     """Merge states with the same future (so identical masks too): Hopcroft's algorithm
-    (:mod:`grammars.hopcroft`) on the byte-class-compressed table (bytes that every state treats
-    alike share a column), the missing transitions going to an explicit dead state."""
+    (:mod:`grammars.hopcroft`) on the partial table (missing transitions need no dead state),
+    with bytes that every state treats alike sharing a column."""
     trans, acc = dfa.trans, dfa.accepting
     n = trans.shape[0]
     if n <= 1:
         return dfa
-    from grammars.hopcroft import coarsest_partition
+    from grammars.hopcroft import coarsest_partition, quotient
 
     check_deadline()
-    cols, _ = _unique_columns(trans)
-    full = np.vstack([np.where(cols >= 0, cols, n), np.full((1, cols.shape[1]), n, dtype=cols.dtype)])
-    init = np.append(acc.astype(np.int64), 2)  # the dead state is its own block
-    blocks = coarsest_partition(full, init)[:n]
-    _, cls = np.unique(blocks, return_inverse=True)
-    cls = cls.ravel().astype(np.int64)
-    n_cls = int(cls.max()) + 1
-    if n_cls == n:
+    trans = np.ascontiguousarray(trans, dtype=np.int32)
+    # a byte table (256 columns) first loses its duplicate columns; a class table has few
+    cols = _unique_columns(trans)[0] if trans.shape[1] > 128 else trans
+    blocks = coarsest_partition(cols, acc.astype(np.int64))
+    mapped, rep = quotient(trans, blocks)
+    if len(rep) == n:
         return dfa
-    # class of the start state first, then the others
-    order = np.argsort(cls != cls[0], kind="stable")
-    rep = np.zeros(n_cls, dtype=np.int64)
-    rep[cls[order[::-1]]] = order[::-1]
-    remap = np.empty(n_cls, dtype=np.int64)
-    firsts = [cls[0]] + [c for c in range(n_cls) if c != cls[0]]
-    remap[np.array(firsts)] = np.arange(n_cls)
-    t = trans[rep[np.array(firsts)]]
-    mapped = np.where(t >= 0, remap[cls[np.maximum(t, 0)]], -1).astype(np.int32)
-    return _trim(mapped, acc[rep[np.array(firsts)]])
+    return _trim(mapped, acc[rep])

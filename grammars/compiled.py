@@ -392,7 +392,7 @@ def _compile_rules(
     grammar: Grammar, vocab: Vocabulary, *, max_states: int, eager_states: int, cache: bool
 ) -> CompiledGrammar:
     """``compile`` without the semantic checks: the grammar's rules alone."""
-    key = (grammar.fingerprint, vocab.fingerprint)
+    key = (grammar.fingerprint, vocab.fingerprint) if cache else ("", "")  # hashing costs ~1 ms
     if cache:
         with _LOCK:
             hit = _MEMORY_CACHE.get(key)

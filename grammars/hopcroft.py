@@ -1,7 +1,7 @@
 """Hopcroft's DFA minimization (numba): the coarsest partition of states with equal futures.
 
 J. Hopcroft, "An n log n algorithm for minimizing states in a finite automaton", Theory of
-Machines and Computations, 1971. Blocks are kept contiguous in one array of states (Valmari and
+Machines and Computations, 1971. The transition table may be partial (no sink state). Blocks are kept contiguous in one array of states (Valmari and
 Lehtinen's refinable partition, 2008); the worklist holds splitter blocks, each processed for every
 symbol against a snapshot of its states; when a block splits, the new part joins the worklist if
 the block was waiting there, otherwise the smaller part does. O(k n log n) for n states and k
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["coarsest_partition"]
+__all__ = ["coarsest_partition", "quotient"]
 
 
 @njit(cache=True, nogil=True)
@@ -24,16 +24,18 @@ def _hopcroft(cols: np.ndarray, init: np.ndarray) -> np.ndarray:  # pragma: no c
     ptr = np.zeros(k * n + 1, dtype=np.int64)
     for s in range(n):
         for a in range(k):
-            ptr[a * n + cols[s, a] + 1] += 1
+            if cols[s, a] >= 0:
+                ptr[a * n + cols[s, a] + 1] += 1
     for i in range(k * n):
         ptr[i + 1] += ptr[i]
     fill = ptr[:-1].copy()
-    preds = np.empty(k * n, dtype=np.int32)
+    preds = np.empty(max(ptr[k * n], 1), dtype=np.int32)
     for s in range(n):
         for a in range(k):
-            j = a * n + cols[s, a]
-            preds[fill[j]] = s
-            fill[j] += 1
+            if cols[s, a] >= 0:
+                j = a * n + cols[s, a]
+                preds[fill[j]] = s
+                fill[j] += 1
     # refinable partition: the states of block b are elems[first[b]:end[b]]
     n_blocks = int(init.max()) + 1
     block = init.astype(np.int64)
@@ -119,6 +121,37 @@ def _hopcroft(cols: np.ndarray, init: np.ndarray) -> np.ndarray:  # pragma: no c
 
 def coarsest_partition(cols: np.ndarray, init: np.ndarray) -> np.ndarray:
     """Block id per state of the coarsest partition that refines ``init`` and is stable under the
-    complete transition table ``cols`` (``(n, k)`` int32, every entry a state in ``[0, n)``).
-    Block ids are arbitrary non-negative integers."""
+    partial transition table ``cols`` (``(n, k)`` int32, a state in ``[0, n)`` or -1 for no
+    move): states in one block move on each symbol into one block, or all have no move.
+    Block ids are arbitrary non-negative integers.
+
+    Partial tables follow Valmari and Lehtinen ("Efficient minimization of DFAs with partial
+    transition functions", STACS 2008): missing moves need no sink state (whose predecessor
+    lists would hold every missing move), since every initial block starts on the worklist."""
     return _hopcroft(np.ascontiguousarray(cols, dtype=np.int32), np.ascontiguousarray(init, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def quotient(trans: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+    """The DFA whose states are the blocks of ``blocks`` (a partition stable under ``trans``),
+    numbered by their first state in state order (so state 0's block is 0): ``(table, rep)``
+    with ``table`` the transitions of each block's first state ``rep[c]`` mapped to blocks."""
+    n, k = trans.shape
+    label = np.full(blocks.max() + 1, -1, dtype=np.int64)
+    cls = np.empty(n, dtype=np.int64)
+    rep = np.empty(n, dtype=np.int64)
+    m = 0
+    for s in range(n):
+        b = blocks[s]
+        if label[b] < 0:
+            label[b] = m
+            rep[m] = s
+            m += 1
+        cls[s] = label[b]
+    out = np.empty((m, k), dtype=np.int32)
+    for c in range(m):
+        s = rep[c]
+        for a in range(k):
+            t = trans[s, a]
+            out[c, a] = cls[t] if t >= 0 else -1
+    return out, rep[:m]
