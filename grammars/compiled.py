@@ -21,7 +21,8 @@ import numpy as np
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, NotRegularError, build_dfa, gc_paused
 from grammars.errors import GrammarTooLargeError, InvalidGrammarError, UnsupportedSchemaError  # noqa: F401
 from grammars.grammar import Grammar
-from grammars.tokenwalk import fill_rows, loop_like, walk_bytes, walk_token
+from grammars.reach import forced_bytes
+from grammars.tokenwalk import entry_bytes, fill_rows, loop_like, walk_bytes, walk_token
 from grammars.vocab import Vocabulary
 from kernels.bitmask import write_bitmask_row
 
@@ -85,13 +86,8 @@ class CompiledGrammar:
         self._special = self.vocab.special
         self._torch_masks: Any = None
         self._loop_states: np.ndarray | None = None
-        # forced bytes: states with exactly one outgoing byte and not accepting
-        live = self._trans >= 0
-        counts = live.sum(axis=1)
         self._few: dict[int, tuple[int, ...] | None] = {}  # state -> few_allowed_tokens
-        self._forced_byte = np.where(
-            (counts == 1) & ~self._accepting, live.argmax(axis=1), -1
-        ).astype(np.int32)
+        self._forced_byte = forced_bytes(self._trans, self._accepting)
 
     @property
     def n_states(self) -> int:
@@ -111,9 +107,7 @@ class CompiledGrammar:
         # its first character): most of a schema's expensive states are of these two kinds.
         plain = _plain_tokens(self.vocab)
         loops = self._loops()
-        nxt = self._trans[todo][:, _ASCII_PLAIN]
-        direct = np.zeros((len(todo), 256), dtype=bool)
-        direct[:, _ASCII_PLAIN] = (nxt >= 0) & loops[np.maximum(nxt, 0)]
+        direct = entry_bytes(self._trans, todo, loops, _ASCII_PLAIN)
         fill_rows(self._trans, todo, loops[todo], direct, plain.mask, plain.first_mask,
                   plain.first_ptr, plain.first_ids, self.vocab.trie, plain.other_trie, self.masks)
         acc = todo[self._accepting[todo]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["live_order", "pair_product", "renumber"]
+__all__ = ["forced_bytes", "live_order", "pair_product", "renumber"]
 
 _MIX = 0x5851F42D4C957F2D  # odd multiplier of the pair hash
 
@@ -147,3 +147,24 @@ def pair_product(ta: np.ndarray, tb: np.ndarray, keep_a_only: bool, max_states: 
             n += 1
         i += 1
     return rows[:n], pairs[:n]
+
+
+@njit(cache=True, nogil=True)
+def forced_bytes(trans: np.ndarray, accepting: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """Per state, the one byte it can read when it has exactly one and does not accept (the
+    grammar forces that byte), else -1."""
+    n = trans.shape[0]
+    out = np.full(n, -1, dtype=np.int32)
+    for s in range(n):
+        if accepting[s]:
+            continue
+        only = -1
+        for b in range(256):
+            if trans[s, b] >= 0:
+                if only >= 0:
+                    only = -2
+                    break
+                only = b
+        if only >= 0:
+            out[s] = only
+    return out

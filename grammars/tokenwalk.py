@@ -22,7 +22,7 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "fill_rows", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["child_bytes", "entry_bytes", "fill_rows", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -110,6 +110,20 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: 
             trie.tok_ids, other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
             other_trie.tok_ids, out, depth,
         )
+
+
+@njit(cache=True, nogil=True)
+def entry_bytes(trans, states, loops, plain_bytes):  # pragma: no cover - numba
+    """``out[i, b]``: byte ``b`` of ``plain_bytes`` leads from ``states[i]`` into a state with
+    ``loops`` (the ``direct`` argument of :func:`fill_rows`)."""
+    out = np.zeros((states.shape[0], 256), dtype=np.bool_)
+    for i in range(states.shape[0]):
+        row = trans[states[i]]
+        for b in plain_bytes:
+            t = row[b]
+            if t >= 0 and loops[t]:
+                out[i, b] = True
+    return out
 
 
 @njit(cache=True, nogil=True)
