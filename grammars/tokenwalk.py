@@ -48,46 +48,68 @@ def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack, firs
         n += 1
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _fill_rows(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids, tb,
-               tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth):
-    for i in prange(states.shape[0]):
-        stack = np.empty(max_depth + 1, dtype=np.int32)
-        row = out[states[i]]
-        if whole[i]:
-            for w in range(row.shape[0]):
-                row[w] |= plain_mask[w]
-            every = np.ones(256, dtype=np.bool_)
-            _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, every)
-            continue
-        walk_all = np.empty(256, dtype=np.bool_)
-        n_direct = 0
-        n_first = 0  # first bytes that have plain tokens
+@njit(cache=True, nogil=True)
+def _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids, tb,
+                tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth):  # pragma: no cover - numba
+    """Row ``out[states[i]]`` (see :func:`fill_rows`)."""
+    stack = np.empty(max_depth + 1, dtype=np.int32)
+    row = out[states[i]]
+    if whole[i]:
+        for w in range(row.shape[0]):
+            row[w] |= plain_mask[w]
+        every = np.ones(256, dtype=np.bool_)
+        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, every)
+        return
+    walk_all = np.empty(256, dtype=np.bool_)
+    n_direct = 0
+    n_first = 0  # first bytes that have plain tokens
+    for b in range(256):
+        walk_all[b] = not direct[i, b]
+        if first_ptr[b + 1] > first_ptr[b]:
+            n_first += 1
+            if direct[i, b]:
+                n_direct += 1
+    if 2 * n_direct > n_first:
+        # most first bytes are direct: copy all the plain tokens that have a first byte
+        # listed, then clear those of the first bytes that are not direct
+        for w in range(row.shape[0]):
+            row[w] |= first_mask[w]
         for b in range(256):
-            walk_all[b] = not direct[i, b]
-            if first_ptr[b + 1] > first_ptr[b]:
-                n_first += 1
-                if direct[i, b]:
-                    n_direct += 1
-        if 2 * n_direct > n_first:
-            # most first bytes are direct: copy all the plain tokens that have a first byte
-            # listed, then clear those of the first bytes that are not direct
-            for w in range(row.shape[0]):
-                row[w] |= first_mask[w]
-            for b in range(256):
-                if not direct[i, b]:
-                    for k in range(first_ptr[b], first_ptr[b + 1]):
-                        t = first_ids[k]
-                        row[t >> 5] &= ~(np.uint32(1) << np.uint32(t & 31))
-        else:
-            for b in range(256):
-                if direct[i, b]:
-                    for k in range(first_ptr[b], first_ptr[b + 1]):
-                        t = first_ids[k]
-                        row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
-        _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
-        if n_direct > 0:
-            _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
+            if not direct[i, b]:
+                for k in range(first_ptr[b], first_ptr[b + 1]):
+                    t = first_ids[k]
+                    row[t >> 5] &= ~(np.uint32(1) << np.uint32(t & 31))
+    else:
+        for b in range(256):
+            if direct[i, b]:
+                for k in range(first_ptr[b], first_ptr[b + 1]):
+                    t = first_ids[k]
+                    row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+    _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
+    if n_direct > 0:
+        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _fill_rows_parallel(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
+                        tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
+                        max_depth):  # pragma: no cover - numba
+    for i in prange(states.shape[0]):
+        _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
+                    tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth)
+
+
+@njit(cache=True, nogil=True)
+def _fill_rows_serial(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
+                      tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
+                      max_depth):  # pragma: no cover - numba
+    for i in range(states.shape[0]):
+        _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
+                    tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth)
+
+
+# launching the parallel region costs ~0.2-0.3 ms (workqueue layer): a few rows go serially
+_SERIAL_ROWS = 64
 
 
 def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: np.ndarray,
@@ -103,13 +125,15 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: 
     ``trie``. ``first_mask`` holds the tokens of ``first_ids`` as bits; the rows of ``out`` must
     start at zero. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
     depth = max(trie.max_depth, other_trie.max_depth)
+    args = (trans, states.astype(np.int64), whole, direct, plain_mask, first_mask, first_ptr,
+            first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids,
+            other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
+            other_trie.tok_ids, out, depth)
+    if len(states) <= _SERIAL_ROWS:
+        _fill_rows_serial(*args)
+        return
     with _PARALLEL_LOCK:
-        _fill_rows(
-            trans, states.astype(np.int64), whole, direct, plain_mask,
-            first_mask, first_ptr, first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr,
-            trie.tok_ids, other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
-            other_trie.tok_ids, out, depth,
-        )
+        _fill_rows_parallel(*args)
 
 
 @njit(cache=True, nogil=True)

@@ -96,6 +96,13 @@ def test_every_mask_row_equals_a_token_by_token_walk(smollm2_vocab, schema):
         want[:, list(smollm2_vocab.eos_token_ids)] = cg.dfa.accepting[:, None]
         got = np.unpackbits(cg.masks.view(np.uint8), axis=1, bitorder="little")
         assert (got[:, : smollm2_vocab.size] == want).all()
+        # rows computed lazily a few at a time (the serial kernel) equal the table's rows
+        lazy = grammars.compile(Grammar.from_json_schema(schema, whitespace=ws), smollm2_vocab,
+                                cache=False, eager_states=0)
+        assert not lazy._done.any()
+        for s in range(0, cg.n_states, 5):
+            lazy.compute_masks(np.arange(s, min(s + 5, cg.n_states)))
+        assert np.array_equal(lazy.masks, cg.masks)
 
 
 def test_accept_reject_rollback_fork_forced(byte_vocab):
