@@ -174,6 +174,14 @@ _ANY_CHAR_DFA: list[Any] = []
 _ANY_STRING_DFA: list[Any] = []
 
 
+def clear_cache() -> None:
+    """Forget the automata and names reused across schemas (see
+    :func:`grammars.compiled.clear_cache`)."""
+    _ANY_CHAR_DFA.clear()
+    _ANY_STRING_DFA.clear()
+    _Compiler.string_chars.cache_clear()
+
+
 def _any_string_dfa() -> Any:
     """The DFA of every JSON string text, quotes included (built once per process)."""
     if not _ANY_STRING_DFA:

@@ -211,6 +211,11 @@ def regex_to_node(
     return _regex_to_node(pattern, encoder, mode, dialect)
 
 
+def clear_cache() -> None:
+    """Forget the lowered regexes (see :func:`grammars.compiled.clear_cache`)."""
+    _regex_to_node.cache_clear()
+
+
 @lru_cache(maxsize=1024)
 def _regex_to_node(pattern: str, encoder: Encoder, mode: str, dialect: str) -> Node:
     try:

@@ -91,3 +91,18 @@ def test_syntax_error_names_position():
 def test_from_regex_rejects_non_string():
     with pytest.raises(InvalidGrammarError):
         Grammar.from_regex(b"abc")  # type: ignore[arg-type]
+
+
+def test_lowered_regexes_are_reused_until_the_caches_are_cleared():
+    import grammars
+    from grammars.automaton import dfa_of
+    from grammars.regex import regex_to_node
+
+    first = regex_to_node(r"[a-c]+x")
+    assert regex_to_node(r"[a-c]+x") is first  # immutable nodes, shared
+    assert regex_to_node(r"[a-c]+x", mode="search") is not first
+    grammars.clear_cache()
+    again = regex_to_node(r"[a-c]+x")
+    assert again is not first
+    dfa = dfa_of(again)
+    assert dfa.matches(b"abx") and not dfa.matches(b"abd")
