@@ -225,8 +225,8 @@ def bounded_repeat(body: Dfa, lo: int, hi: int) -> Dfa | None:
     return minimize(_trim(out, accepting))
 
 
-def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct columns of ``trans`` and each byte's column index (byte equivalence classes).
+def _unique_columns(trans: np.ndarray) -> np.ndarray:
+    """The distinct columns of ``trans`` (bytes every state treats alike share one).
 
     Columns are grouped by a wrapping int64 hash, then verified equal exactly; a collision (never
     observed) falls back to numpy's exact (slow) column sort.
@@ -235,12 +235,10 @@ def _unique_columns(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         h = (trans.astype(np.int64) + 1).T @ w
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
-    inv = inv.ravel()
     cols = trans[:, first]
-    if not (trans == cols[:, inv]).all():  # pragma: no cover - hash collision
-        cols, inv = np.unique(trans, axis=1, return_inverse=True)
-        inv = inv.ravel()
-    return cols, inv
+    if not (trans == cols[:, inv.ravel()]).all():  # pragma: no cover - hash collision
+        cols = np.unique(trans, axis=1)
+    return cols
 
 
 def minimize(dfa: Dfa) -> Dfa:
@@ -256,7 +254,7 @@ def minimize(dfa: Dfa) -> Dfa:
     check_deadline()
     trans = np.ascontiguousarray(trans, dtype=np.int32)
     # a byte table (256 columns) first loses its duplicate columns; a class table has few
-    cols = _unique_columns(trans)[0] if trans.shape[1] > 128 else trans
+    cols = _unique_columns(trans) if trans.shape[1] > 128 else trans
     blocks = coarsest_partition(cols, acc.astype(np.int64))
     mapped, rep = quotient(trans, blocks)
     if len(rep) == n:

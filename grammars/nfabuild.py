@@ -52,6 +52,8 @@ class Program:
     - Ref: rule ``f0`` (its body is node ``rule_body[f0]``, -1 when the rule is undefined);
     - Automaton: ``f0`` states, ``f2`` edge quadruples ``(src, lo, hi, dst)`` (states relative to
       the automaton) at ``auto[f1 : f1 + 4 * f2]``, ``f4`` accepting states at ``auto[f3 : f3 + f4]``.
+
+    Node 0 is the start: a Ref to the start rule.
     """
 
     kind: np.ndarray
@@ -61,7 +63,6 @@ class Program:
     auto: np.ndarray
     rule_body: np.ndarray
     rule_names: tuple[str, ...]
-    start: int
 
 
 def flatten(rules: Rules) -> Program:
@@ -118,7 +119,8 @@ def flatten(rules: Rules) -> Program:
         ids[id(n)] = i
         return i
 
-    top = node(Ref(rules.start))
+    root = Ref(rules.start)  # kept alive while ids are in use
+    node(root)  # node 0
     bodies: list[int] = []
     while len(bodies) < len(names):  # rule bodies, including rules first referenced by a body
         name = names[len(bodies)]
@@ -134,7 +136,6 @@ def flatten(rules: Rules) -> Program:
         auto=np.concatenate(autos).astype(np.int64) if autos else np.zeros(0, dtype=np.int64),
         rule_body=np.array(bodies, dtype=np.int64),
         rule_names=tuple(names),
-        start=top,
     )
 
 
@@ -166,7 +167,7 @@ def build_nfa(prog: Program, *, max_states: int) -> tuple[FlatNfa, int]:
         eps = np.empty(cap_eps, dtype=np.int32)
         edges = np.empty(cap_edges, dtype=np.int32)
         cnt = np.zeros(5, dtype=np.int64)
-        start = _build_all(prog.start, prog.kind, prog.f, prog.data, prog.ints, prog.auto,
+        start = _build_all(0, prog.kind, prog.f, prog.data, prog.ints, prog.auto,
                            prog.rule_body, eps, edges, cnt, max_states)
         err = int(cnt[3])
         if err == _OK:
