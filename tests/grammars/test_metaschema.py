@@ -1,6 +1,6 @@
-"""The flat draft 2020-12 metaschema (grammars.metaschema) decides exactly as jsonschema's own
-check_schema: on every schema of the JSON Schema Test Suite (draft 2020-12), on the dev-slice
-schemas, and on broken copies of them."""
+"""The flat draft 2020-12 metaschema (grammars.metaschema), and the predicates compiled from it,
+decide exactly as jsonschema's own check_schema: on every schema of the JSON Schema Test Suite
+(draft 2020-12), on the dev-slice schemas, and on broken copies of them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from grammars.metaschema import first_metaschema_error
+from grammars.metaschema import _quick_2020_12, first_metaschema_error
 
 V = jsonschema.Draft202012Validator
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -74,6 +74,9 @@ def same_verdict(schema) -> None:
         want = e
     got = first_metaschema_error(schema, V)
     assert (got is None) == (want is None), (schema, got, want)
+    # the fast predicates decide every schema here: valid ones without jsonschema, and never
+    # an invalid one as valid
+    assert _quick_2020_12()(schema) == (want is None), schema
     if want is not None:
         # the error reported is one of those jsonschema finds (which one is "best" may differ:
         # jsonschema ranks errors partly by how deep in the metaschema they arise)
@@ -100,3 +103,17 @@ def test_flat_metaschema_agrees_with_check_schema(source):
             same_verdict(b)
             invalid += first_metaschema_error(b, V) is not None
     assert invalid > len(schemas) // 3  # the broken copies did exercise the error path
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": ["string", "string"]}, {"type": []}, {"required": ["a", "a"]}, {"minItems": 2.0},
+    {"minItems": True}, {"maximum": True}, {"multipleOf": 0}, {"enum": "x"}, {"$anchor": "a b"},
+    {"$id": "x#y"}, {"pattern": "[a-"}, {"patternProperties": {"(": {}}}, {"items": {"type": 1}},
+    {"dependencies": {"a": ["b", 1]}}, {"dependencies": {"a": {"minLength": -1}}},
+    {"$vocabulary": {"u": 1}}, True, False, {"not": {"not": {"allOf": [{"type": "nul"}]}}},
+    {"$defs": {"a": {"$defs": {"b": {"maxLength": 1.5}}}}}, {"if": {"const": 1}, "then": 2},
+])
+def test_quick_predicates_on_edge_cases(schema):
+    """Keyword values at the edges of the metaschema's types (integers as floats, booleans as
+    numbers, duplicates, bad patterns)."""
+    same_verdict(schema)
