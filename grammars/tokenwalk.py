@@ -26,31 +26,40 @@ __all__ = ["child_bytes", "entry_bytes", "fill_rows", "loop_like", "split_ends",
 
 
 @njit(cache=True, nogil=True)
-def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, row, stack, first_ok):
+def _fill_row(trans, start, tb, tdepth, tend, tok_ptr, tok_ids, tfirst, row, stack, first_ok):
     """OR into ``row`` the tokens readable from ``start``, walking only the subtrees whose first
-    byte ``b`` has ``first_ok[b]``."""
+    byte ``b`` has ``first_ok[b]`` and a move from ``start``."""
     stack[0] = start
-    n = 1
-    nn = tb.shape[0]
-    while n < nn:
-        d = tdepth[n]
-        if d == 1 and not first_ok[tb[n]]:
-            n = tend[n]
+    for b in range(256):
+        r = tfirst[b]
+        if r < 0 or not first_ok[b]:
             continue
-        ns = trans[stack[d - 1], tb[n]]
-        if ns < 0:
-            n = tend[n]
+        s1 = trans[start, b]
+        if s1 < 0:
             continue
-        stack[d] = ns
-        for k in range(tok_ptr[n], tok_ptr[n + 1]):
+        stack[1] = s1
+        for k in range(tok_ptr[r], tok_ptr[r + 1]):
             t = tok_ids[k]
             row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
-        n += 1
+        n = r + 1
+        e = tend[r]
+        while n < e:
+            d = tdepth[n]
+            ns = trans[stack[d - 1], tb[n]]
+            if ns < 0:
+                n = tend[n]
+                continue
+            stack[d] = ns
+            for k in range(tok_ptr[n], tok_ptr[n + 1]):
+                t = tok_ids[k]
+                row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
+            n += 1
 
 
 @njit(cache=True, nogil=True)
 def _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids, tb,
-                tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth):  # pragma: no cover - numba
+                tdepth, tend, tok_ptr, tok_ids, tfirst, ob, odepth, oend, optr, oids, ofirst, out,
+                max_depth):  # pragma: no cover - numba
     """Row ``out[states[i]]`` (see :func:`fill_rows`)."""
     stack = np.empty(max_depth + 1, dtype=np.int32)
     row = out[states[i]]
@@ -58,7 +67,7 @@ def _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_p
         for w in range(row.shape[0]):
             row[w] |= plain_mask[w]
         every = np.ones(256, dtype=np.bool_)
-        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, every)
+        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, ofirst, row, stack, every)
         return
     walk_all = np.empty(256, dtype=np.bool_)
     n_direct = 0
@@ -85,27 +94,29 @@ def _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_p
                 for k in range(first_ptr[b], first_ptr[b + 1]):
                     t = first_ids[k]
                     row[t >> 5] |= np.uint32(1) << np.uint32(t & 31)
-    _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, row, stack, walk_all)
+    _fill_row(trans, states[i], tb, tdepth, tend, tok_ptr, tok_ids, tfirst, row, stack, walk_all)
     if n_direct > 0:
-        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, row, stack, direct[i])
+        _fill_row(trans, states[i], ob, odepth, oend, optr, oids, ofirst, row, stack, direct[i])
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def _fill_rows_parallel(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
-                        tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
-                        max_depth):  # pragma: no cover - numba
+                        tb, tdepth, tend, tok_ptr, tok_ids, tfirst, ob, odepth, oend, optr, oids,
+                        ofirst, out, max_depth):  # pragma: no cover - numba
     for i in prange(states.shape[0]):
         _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
-                    tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth)
+                    tb, tdepth, tend, tok_ptr, tok_ids, tfirst, ob, odepth, oend, optr, oids, ofirst,
+                    out, max_depth)
 
 
 @njit(cache=True, nogil=True)
 def _fill_rows_serial(trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
-                      tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out,
-                      max_depth):  # pragma: no cover - numba
+                      tb, tdepth, tend, tok_ptr, tok_ids, tfirst, ob, odepth, oend, optr, oids,
+                      ofirst, out, max_depth):  # pragma: no cover - numba
     for i in range(states.shape[0]):
         _fill_state(i, trans, states, whole, direct, plain_mask, first_mask, first_ptr, first_ids,
-                    tb, tdepth, tend, tok_ptr, tok_ids, ob, odepth, oend, optr, oids, out, max_depth)
+                    tb, tdepth, tend, tok_ptr, tok_ids, tfirst, ob, odepth, oend, optr, oids, ofirst,
+                    out, max_depth)
 
 
 # launching the parallel region costs ~0.2-0.3 ms (workqueue layer): a few rows go serially
@@ -126,9 +137,9 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: 
     start at zero. Exact when the caller's claims hold (see ``CompiledGrammar.compute_masks``)."""
     depth = max(trie.max_depth, other_trie.max_depth)
     args = (trans, states.astype(np.int64), whole, direct, plain_mask, first_mask, first_ptr,
-            first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids,
+            first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids, trie.first,
             other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
-            other_trie.tok_ids, out, depth)
+            other_trie.tok_ids, other_trie.first, out, depth)
     if len(states) <= _SERIAL_ROWS:
         _fill_rows_serial(*args)
         return
