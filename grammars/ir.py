@@ -115,16 +115,18 @@ def seq(*items: Node) -> Node:
     """Concatenation with flattening, literal merging and NOTHING absorption."""
     out: list[Node] = []
     for it in items:
-        parts: Iterable[Node] = it.items if isinstance(it, Seq) else (it,)
+        parts: Iterable[Node] = it.items if type(it) is Seq else (it,)  # type: ignore[attr-defined]
         for p in parts:
-            if _is_nothing(p):
+            kind = type(p)
+            if kind is Lit:
+                if not p.data:  # type: ignore[attr-defined]
+                    continue
+                if out and type(out[-1]) is Lit:
+                    out[-1] = Lit(out[-1].data + p.data)  # type: ignore[attr-defined]
+                    continue
+            elif kind is Alt and not p.items:  # type: ignore[attr-defined]
                 return NOTHING
-            if _is_empty(p):
-                continue
-            if isinstance(p, Lit) and out and isinstance(out[-1], Lit):
-                out[-1] = Lit(out[-1].data + p.data)  # type: ignore[union-attr]
-            else:
-                out.append(p)
+            out.append(p)
     if not out:
         return EMPTY
     if len(out) == 1:

@@ -13,11 +13,11 @@ both on the JSON Schema Test Suite's schemas, 200 dev-slice schemas and broken c
 Other drafts use their metaschema as jsonschema's ``check_schema`` does.
 
 Most schemas are valid, and jsonschema's validator still costs ~1 ms on a typical one (about
-half of lowering it). So the flat metaschema is also compiled into plain Python predicates
-(:func:`_compile`, the handful of keywords it uses): a schema they accept is valid, and only the
-others go through jsonschema, which then finds the error to report. The predicates are sound,
-not complete: where they cannot decide (``uniqueItems`` over non-strings), they say "not
-shown valid" and jsonschema decides.
+half of lowering it). So the metaschemas of drafts 4, 6, 7 and (flat) 2020-12 are also compiled
+into plain Python predicates (:func:`_compile`, the handful of keywords metaschemas use): a
+schema they accept is valid, and only the others go through jsonschema, which then finds the
+error to report. The predicates are sound, not complete: where they cannot decide
+(``uniqueItems`` over NaN), they say "not shown valid" and jsonschema decides.
 """
 
 from __future__ import annotations
@@ -109,63 +109,105 @@ def _meta_validator(validator_cls: Any) -> Any:
 def first_metaschema_error(schema: Any, validator_cls: Any) -> Any:
     """The error jsonschema's ``validator_cls.check_schema(schema)`` would raise (its best
     match), or None when ``schema`` is valid against its metaschema."""
-    import jsonschema
     from jsonschema.exceptions import best_match
 
-    if validator_cls is jsonschema.Draft202012Validator and _quick_2020_12()(schema):
+    quick = _quick(validator_cls)
+    if quick is not None and quick(schema):
         return None
     return best_match(_meta_validator(validator_cls).iter_errors(schema))
 
 
 Predicate = Callable[[Any], bool]
-_TYPES: dict[str, Predicate] = {  # jsonschema's draft 2020-12 type checker, for JSON values
-    "object": lambda x: isinstance(x, dict),
-    "array": lambda x: isinstance(x, list),
-    "string": lambda x: isinstance(x, str),
-    "boolean": lambda x: isinstance(x, bool),
-    "null": lambda x: x is None,
-    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-    "integer": lambda x: (isinstance(x, int) and not isinstance(x, bool))
-    or (isinstance(x, float) and x.is_integer()),
-}
-_ANNOTATIONS = ("default", "deprecated")
+# ``$ref`` next to other keywords: those are ignored up to draft 7, applied from 2019-09 on
+_LEGACY_REF = {"draft4", "draft6", "draft7"}
+_ANNOTATIONS = ("default", "deprecated", "description", "title", "id", "$id", "$schema")
 
 
 @cache
-def _quick_2020_12() -> Predicate:
-    """A predicate that holds only for schemas valid against the draft 2020-12 metaschema."""
+def _quick(validator_cls: Any) -> Predicate | None:
+    """A predicate that holds only for schemas valid against ``validator_cls``'s metaschema
+    (drafts 4, 6, 7 and 2020-12; None for the others)."""
     import jsonschema
 
-    return _compile(flat_2020_12_metaschema(), jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    drafts = {jsonschema.Draft4Validator: "draft4", jsonschema.Draft6Validator: "draft6",
+              jsonschema.Draft7Validator: "draft7", jsonschema.Draft202012Validator: "draft2020"}
+    draft = drafts.get(validator_cls)
+    if draft is None:
+        return None
+    meta = flat_2020_12_metaschema() if draft == "draft2020" else validator_cls.META_SCHEMA
+    return _compile(meta, validator_cls, legacy_ref=draft in _LEGACY_REF)
 
 
-def _compile(meta: dict[str, Any], format_checker: Any) -> Predicate:
-    """Predicates for the subschemas of the flat metaschema ``meta`` (the keywords it uses, and
-    only those: any other keyword is a ``ValueError``). A predicate that holds implies that
-    jsonschema finds no error."""
+def _unique_key(x: Any) -> Any:
+    """A hashable key under which JSON values collide exactly when jsonschema's ``equal`` holds
+    (``1 == 1.0``, ``True != 1``, arrays item by item, objects key by key); None for NaN."""
+    if isinstance(x, bool):
+        return ("b", x)
+    if isinstance(x, (int, float)):
+        return ("n", x) if x == x else None
+    if isinstance(x, str):
+        return ("s", x)
+    if x is None:
+        return ("z",)
+    if isinstance(x, list):
+        items = tuple(_unique_key(e) for e in x)
+        return None if None in items else ("l", items)
+    if isinstance(x, dict):
+        members = [(k, _unique_key(v)) for k, v in x.items()]
+        return None if any(v is None for _, v in members) else ("d", frozenset(members))
+    return None
+
+
+def _all_unique(x: list) -> bool:
+    """True only when the items are pairwise unequal (False also when unsure)."""
+    keys = set()
+    for e in x:
+        k = _unique_key(e)
+        if k is None or k in keys:
+            return False
+        keys.add(k)
+    return True
+
+
+def _compile(meta: dict[str, Any], validator_cls: Any, *, legacy_ref: bool) -> Predicate:
+    """Predicates for the subschemas of the (flat) metaschema ``meta`` (the keywords metaschemas
+    use, and only those: any other keyword is a ``ValueError``). A predicate that holds implies
+    that jsonschema's ``validator_cls`` finds no error."""
     compiled: dict[str, Predicate] = {}
+    type_checker = validator_cls.TYPE_CHECKER
+    format_checker = validator_cls.FORMAT_CHECKER
 
     def ref(target: str) -> Predicate:
+        if target not in compiled:
+            compiled[target] = lambda x: compiled[target](x)  # placeholder while building
+            node: Any = meta
+            for part in target.lstrip("#").split("/")[1:]:
+                node = node[part]
+            compiled[target] = build(node)
         return lambda x: compiled[target](x)
+
+    def is_type(t: str) -> Predicate:
+        return lambda x: type_checker.is_type(x, t)
 
     def build(sub: Any) -> Predicate:
         if sub is True:
             return lambda x: True
-        checks: list[Predicate] = []
-        for k, v in sub.items():
-            checks.append(keyword(k, v, sub))
-        checks = [c for c in checks if c is not None]
+        if legacy_ref and "$ref" in sub:
+            return ref(sub["$ref"])
+        checks = [c for c in (keyword(k, v, sub) for k, v in sub.items()) if c is not None]
+        if not checks:
+            return lambda x: True
         if len(checks) == 1:
             return checks[0]
         return lambda x: all(c(x) for c in checks)
 
-    def keyword(k: str, v: Any, sub: dict[str, Any]) -> Predicate | None:  # noqa: C901, PLR0911
-        if k in _ANNOTATIONS or k == "$defs":
+    def keyword(k: str, v: Any, sub: dict[str, Any]) -> Predicate | None:  # noqa: C901, PLR0911, PLR0912
+        if k in _ANNOTATIONS or k in ("$defs", "definitions"):
             return None
         if k == "$ref":
             return ref(v)
         if k == "type":
-            kinds = [_TYPES[t] for t in ([v] if isinstance(v, str) else v)]
+            kinds = [is_type(t) for t in ([v] if isinstance(v, str) else v)]
             return lambda x: any(t(x) for t in kinds)
         if k == "properties":
             props = {name: build(p) for name, p in v.items()}
@@ -180,12 +222,19 @@ def _compile(meta: dict[str, Any], format_checker: Any) -> Predicate:
         if k == "propertyNames":
             names = build(v)
             return lambda x: not isinstance(x, dict) or all(names(name) for name in x)
+        if k == "dependencies":
+            assert all(isinstance(d, list) for d in v.values()), v
+            return lambda x: not isinstance(x, dict) or all(
+                all(r in x for r in v[name]) for name in v if name in x)
         if k == "items":
+            assert isinstance(v, (dict, bool)), v
             item = build(v)
             return lambda x: not isinstance(x, list) or all(item(e) for e in x)
-        if k == "anyOf":
-            alts = [build(a) for a in v]
-            return lambda x: any(a(x) for a in alts)
+        if k in ("anyOf", "allOf"):
+            parts = [build(a) for a in v]
+            if k == "anyOf":
+                return lambda x: any(p(x) for p in parts)
+            return lambda x: all(p(x) for p in parts)
         if k == "enum":
             assert all(isinstance(e, str) for e in v), v
             options = frozenset(v)
@@ -194,12 +243,16 @@ def _compile(meta: dict[str, Any], format_checker: Any) -> Predicate:
             return lambda x: not isinstance(x, list) or len(x) >= v
         if k == "uniqueItems":
             assert v is True
-            # sound only for strings: other items are left to jsonschema
-            return lambda x: not isinstance(x, list) or (
-                all(isinstance(e, str) for e in x) and len(set(x)) == len(x))
+            return lambda x: not isinstance(x, list) or _all_unique(x)
         if k in ("minimum", "exclusiveMinimum"):
-            above = (lambda x: x >= v) if k == "minimum" else (lambda x: x > v)
-            return lambda x: not _TYPES["number"](x) or above(x)
+            number = is_type("number")
+            if isinstance(v, bool):  # draft 4: a flag on "minimum"
+                assert k == "exclusiveMinimum" and "minimum" in sub
+                return None
+            strict = k == "exclusiveMinimum" or sub.get("exclusiveMinimum") is True
+            if strict:
+                return lambda x: not number(x) or x > v
+            return lambda x: not number(x) or x >= v
         if k == "pattern":
             rx = re.compile(v)
             return lambda x: not isinstance(x, str) or rx.search(x) is not None
@@ -207,7 +260,4 @@ def _compile(meta: dict[str, Any], format_checker: Any) -> Predicate:
             return lambda x: format_checker.conforms(x, v)
         raise ValueError(f"the metaschema keyword {k!r} has no predicate")
 
-    for name, sub in meta.get("$defs", {}).items():
-        compiled[f"#/$defs/{name}"] = build(sub)
-    compiled["#"] = build(meta)
-    return compiled["#"]
+    return ref("#")

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from grammars.metaschema import _quick_2020_12, first_metaschema_error
+from grammars.metaschema import _quick, first_metaschema_error
 
 V = jsonschema.Draft202012Validator
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -66,7 +66,7 @@ def broken(schema, rng: random.Random):
     return s
 
 
-def same_verdict(schema) -> None:
+def same_verdict(schema, V=V) -> None:
     try:
         V.check_schema(schema)
         want = None
@@ -76,11 +76,11 @@ def same_verdict(schema) -> None:
     assert (got is None) == (want is None), (schema, got, want)
     # the fast predicates decide every schema here: valid ones without jsonschema, and never
     # an invalid one as valid
-    assert _quick_2020_12()(schema) == (want is None), schema
+    assert _quick(V)(schema) == (want is None), (V.__name__, schema)
     if want is not None:
         # the error reported is one of those jsonschema finds (which one is "best" may differ:
         # jsonschema ranks errors partly by how deep in the metaschema they arise)
-        meta = jsonschema.validators.validator_for(V.META_SCHEMA)(
+        meta = jsonschema.validators.validator_for(V.META_SCHEMA, default=V)(
             V.META_SCHEMA, format_checker=V.FORMAT_CHECKER)
         found = set()
         stack = list(meta.iter_errors(schema))
@@ -92,16 +92,18 @@ def same_verdict(schema) -> None:
 
 
 @pytest.mark.parametrize("source", ["suite", "dev"])
-def test_flat_metaschema_agrees_with_check_schema(source):
-    schemas = suite_schemas() if source == "suite" else dev_schemas(200)
+@pytest.mark.parametrize("draft", [V, jsonschema.Draft7Validator, jsonschema.Draft6Validator,
+                                   jsonschema.Draft4Validator])
+def test_flat_metaschema_agrees_with_check_schema(source, draft):
+    schemas = suite_schemas() if source == "suite" else dev_schemas(200 if draft is V else 100)
     rng = random.Random(1)
     invalid = 0
     for schema in schemas:
-        same_verdict(schema)
+        same_verdict(schema, draft)
         b = broken(schema, rng)
         if b is not None:
-            same_verdict(b)
-            invalid += first_metaschema_error(b, V) is not None
+            same_verdict(b, draft)
+            invalid += first_metaschema_error(b, draft) is not None
     assert invalid > len(schemas) // 3  # the broken copies did exercise the error path
 
 
@@ -112,8 +114,14 @@ def test_flat_metaschema_agrees_with_check_schema(source):
     {"dependencies": {"a": ["b", 1]}}, {"dependencies": {"a": {"minLength": -1}}},
     {"$vocabulary": {"u": 1}}, True, False, {"not": {"not": {"allOf": [{"type": "nul"}]}}},
     {"$defs": {"a": {"$defs": {"b": {"maxLength": 1.5}}}}}, {"if": {"const": 1}, "then": 2},
+    {"enum": [1, 1.0]}, {"enum": [1, 1.5]}, {"enum": [1, True]}, {"enum": [{"a": 1}, {"a": 1.0}]},
+    {"enum": [[1, True], [1, 1]]}, {"enum": [{"a": [0]}, {"a": [False]}]}, {"enum": [[1], [1]]}, {"enum": [None, 0, False]},
+    {"exclusiveMinimum": True}, {"exclusiveMinimum": True, "minimum": 1}, {"maximum": 1.5},
+    {"definitions": {"a": {"required": []}}}, {"items": [{}, {"type": "string"}]},
+    {"$ref": "#/definitions/a", "minLength": -1}, {"additionalItems": False}, {"const": {}},
 ])
-def test_quick_predicates_on_edge_cases(schema):
-    """Keyword values at the edges of the metaschema's types (integers as floats, booleans as
-    numbers, duplicates, bad patterns)."""
-    same_verdict(schema)
+@pytest.mark.parametrize("draft", [V, jsonschema.Draft7Validator, jsonschema.Draft4Validator])
+def test_quick_predicates_on_edge_cases(schema, draft):
+    """Keyword values at the edges of the metaschemas' types (integers as floats, booleans as
+    numbers, duplicates, bad patterns, draft 4's boolean exclusiveMinimum)."""
+    same_verdict(schema, draft)
