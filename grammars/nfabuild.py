@@ -70,7 +70,7 @@ def flatten(rules: Rules) -> Program:
     once; node 0 is ``Ref(rules.start)``)."""
     ids: dict[int, int] = {}
     kind: list[int] = []
-    fields: list[tuple[int, int, int, int, int]] = []
+    fields: list[int] = []  # five per node
     data = bytearray()
     ints: list[int] = []
     autos: list[np.ndarray] = []
@@ -78,44 +78,48 @@ def flatten(rules: Rules) -> Program:
     rule_index: dict[str, int] = {}
     names: list[str] = []
 
-    def add(k: int, f: tuple[int, int, int, int, int]) -> int:
-        kind.append(k)
-        fields.append(f)
-        return len(kind) - 1
-
-    def node(n: Node) -> int:
+    def node(n: Node) -> int:  # noqa: C901 - one branch per node kind, type-dispatched for speed
         i = ids.get(id(n))
         if i is not None:
             return i
-        if isinstance(n, Lit):
-            i = add(_LIT, (len(data), len(n.data), 0, 0, 0))
-            data.extend(n.data)
-        elif isinstance(n, Bytes):
-            i = add(_BYTES, (len(ints), len(n.ranges), 0, 0, 0))
-            for lo, hi in n.ranges:
+        t = type(n)
+        if t is Lit:
+            kind.append(_LIT)
+            fields.extend((len(data), len(n.data), 0, 0, 0))  # type: ignore[attr-defined]
+            data.extend(n.data)  # type: ignore[attr-defined]
+        elif t is Seq or t is Alt:
+            kids = [node(x) for x in n.items]  # type: ignore[attr-defined]
+            kind.append(_SEQ if t is Seq else _ALT)
+            fields.extend((len(ints), len(kids), 0, 0, 0))
+            ints.extend(kids)
+        elif t is Bytes:
+            kind.append(_BYTES)
+            fields.extend((len(ints), len(n.ranges), 0, 0, 0))  # type: ignore[attr-defined]
+            for lo, hi in n.ranges:  # type: ignore[attr-defined]
                 ints.append(lo)
                 ints.append(hi)
-        elif isinstance(n, (Seq, Alt)):
-            kids = [node(x) for x in n.items]
-            i = add(_SEQ if isinstance(n, Seq) else _ALT, (len(ints), len(kids), 0, 0, 0))
-            ints.extend(kids)
-        elif isinstance(n, Repeat):
-            i = add(_REPEAT, (node(n.item), n.lo, -1 if n.hi is None else n.hi, 0, 0))
-        elif isinstance(n, Ref):
-            r = rule_index.get(n.name)
+        elif t is Repeat:
+            child = node(n.item)  # type: ignore[attr-defined]
+            kind.append(_REPEAT)
+            fields.extend((child, n.lo, -1 if n.hi is None else n.hi, 0, 0))  # type: ignore[attr-defined]
+        elif t is Ref:
+            r = rule_index.get(n.name)  # type: ignore[attr-defined]
             if r is None:
-                r = rule_index[n.name] = len(names)
-                names.append(n.name)
-            i = add(_REF, (r, 0, 0, 0, 0))
-        elif isinstance(n, Automaton):
-            quads, acc = _automaton_edges(n)
-            i = add(_AUTO, (int(n.trans.shape[0]), auto_len[0], len(quads) // 4,
-                            auto_len[0] + len(quads), len(acc)))
+                r = rule_index[n.name] = len(names)  # type: ignore[attr-defined]
+                names.append(n.name)  # type: ignore[attr-defined]
+            kind.append(_REF)
+            fields.extend((r, 0, 0, 0, 0))
+        elif t is Automaton:
+            quads, acc = _automaton_edges(n)  # type: ignore[arg-type]
+            kind.append(_AUTO)
+            fields.extend((int(n.trans.shape[0]), auto_len[0], len(quads) // 4,  # type: ignore[attr-defined]
+                           auto_len[0] + len(quads), len(acc)))
             autos.append(quads)
             autos.append(acc)
             auto_len[0] += len(quads) + len(acc)
         else:
             raise TypeError(f"unknown node {type(n).__name__}")
+        i = len(kind) - 1
         ids[id(n)] = i
         return i
 

@@ -268,7 +268,10 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     closed = np.empty(n, dtype=np.int32)
     m = _close(np.array([start], dtype=np.int32), nfa.eps_ptr, nfa.eps_dst, important, marks[0],
                1, stack, closed)
-    cap_sets, cap_pool = 1024, max(1 << 16, 4 * m)
+    # raw DFAs of JSON Schemas have ~n/6 states (Thompson NFAs are mostly chains): start there,
+    # since growing the tables costs a copy of each
+    cap_sets = 1 << max(10, (n // 4).bit_length())
+    cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
     tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
     hashes = np.zeros((2, cap_sets), dtype=np.uint64)
     pools = np.empty((2, cap_pool), dtype=np.int32)
@@ -299,9 +302,9 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
                 size = 2 * hashes.shape[1]
                 hashes = _grown(hashes, size)
                 ptrs = _grown(ptrs, size + 1)
-                rows = _grown(rows.T, size).T.copy()
-                pval = _grown(pval[None, :], size)[0].copy()
-                accepting = _grown(accepting[None, :], size)[0].copy()
+                rows = _grown_rows(rows, size)
+                pval = _grown_rows(pval, size)
+                accepting = _grown_rows(accepting, size)
                 tables = np.stack([_rehash(tables[0], hashes[0], counts[1]),
                                    _rehash(tables[1], hashes[1], counts[2])])
             continue
@@ -325,6 +328,16 @@ def hash_weights(n: int) -> np.ndarray:
         w = _WEIGHTS[0] = np.concatenate(
             [w, rng.integers(1, 2**62, size=max(n, 2 * len(w)) - len(w), dtype=np.int64)])
     return w[:n]
+
+
+def _grown_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` with its first axis enlarged to at least ``size`` (doubling)."""
+    new = a.shape[0]
+    while new < size:
+        new *= 2
+    out = np.empty((new,) + a.shape[1:], dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:

@@ -83,3 +83,27 @@ def test_state_limit_and_slices():
     # the minimal DFA of the same language is what build_dfa returns
     dfa = build_dfa(Rules({"s": alt(node)}, "s"))
     assert dfa.n_states == 2 ** (k + 1)
+
+
+def test_tables_grow_past_their_first_size():
+    """(a|b)* a (a|b)^10 from a 30-state NFA: 2048 DFA states, past the tables' first capacity
+    (1024 sets), so they grow mid-construction; the result is still exactly the language."""
+    import re
+
+    from grammars.automaton import build_dfa
+
+    k = 10
+    ab = Bytes(((ord("a"), ord("b")),))
+    node = Seq((Repeat(ab, 0, None), Lit(b"a")) + (ab,) * k)
+    dfa = build_dfa(Rules({"s": alt(node)}, "s"))
+    assert dfa.n_states == 2 ** (k + 1)
+    rx = re.compile(rb"[ab]*a[ab]{%d}" % k)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        data = bytes(rng.choice([ord("a"), ord("b")], size=int(rng.integers(0, 16))))
+        s = 0
+        for byte in data:
+            s = int(dfa.trans[s, byte])
+            if s < 0:
+                break
+        assert (s >= 0 and bool(dfa.accepting[s])) == bool(rx.fullmatch(data)), data
