@@ -4,9 +4,11 @@ J. Hopcroft, "An n log n algorithm for minimizing states in a finite automaton",
 Machines and Computations, 1971. The transition table may be partial (no sink state). Blocks are kept contiguous in one array of states (Valmari and
 Lehtinen's refinable partition, 2008); the worklist holds splitter blocks, each processed for every
 symbol against a snapshot of its states; when a block splits, the new part joins the worklist if
-the block was waiting there, otherwise the smaller part does. O(k n log n) for n states and k
-symbols, where Moore's round-based refinement needs as many rounds as the longest chain of
-distinguishable states (a ``maxLength: 1024`` string is a chain of 1024).
+the block was waiting there, otherwise the smaller part does. A splitter is processed through
+the moves into its states, grouped by symbol, so the cost is O(m log n) for n states and m
+moves (a partial table has far fewer moves than n times its k symbols), where Moore's
+round-based refinement needs as many rounds as the longest chain of distinguishable states (a
+``maxLength: 1024`` string is a chain of 1024).
 """
 
 from __future__ import annotations
@@ -20,22 +22,27 @@ __all__ = ["coarsest_partition", "quotient"]
 @njit(cache=True, nogil=True)
 def _hopcroft(cols: np.ndarray, init: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
     n, k = cols.shape
-    # predecessors per (symbol, target): CSR over index a * n + t
-    ptr = np.zeros(k * n + 1, dtype=np.int64)
+    # incoming moves per target state (CSR): symbol isym[j] from state isrc[j]. Only the moves
+    # that exist are listed (a partial table has few per state: ~8 of ~70 classes), so a
+    # splitter costs its incoming moves, not its states times the symbols
+    iptr = np.zeros(n + 1, dtype=np.int64)
     for s in range(n):
         for a in range(k):
             if cols[s, a] >= 0:
-                ptr[a * n + cols[s, a] + 1] += 1
-    for i in range(k * n):
-        ptr[i + 1] += ptr[i]
-    fill = ptr[:-1].copy()
-    preds = np.empty(max(ptr[k * n], 1), dtype=np.int32)
+                iptr[cols[s, a] + 1] += 1
+    for t in range(n):
+        iptr[t + 1] += iptr[t]
+    n_moves = iptr[n]
+    fill = iptr[:-1].copy()
+    isym = np.empty(max(n_moves, 1), dtype=np.int32)
+    isrc = np.empty(max(n_moves, 1), dtype=np.int32)
     for s in range(n):
         for a in range(k):
-            if cols[s, a] >= 0:
-                j = a * n + cols[s, a]
-                preds[fill[j]] = s
-                fill[j] += 1
+            t = cols[s, a]
+            if t >= 0:
+                isym[fill[t]] = a
+                isrc[fill[t]] = s
+                fill[t] += 1
     # refinable partition: the states of block b are elems[first[b]:end[b]]
     n_blocks = int(init.max()) + 1
     block = init.astype(np.int64)
@@ -68,35 +75,60 @@ def _hopcroft(cols: np.ndarray, init: np.ndarray) -> np.ndarray:  # pragma: no c
             n_work += 1
             waiting[b] = True
     touched = np.empty(cap, dtype=np.int64)
-    splitter = np.empty(n, dtype=np.int64)
+    # the splitter's incoming moves grouped by symbol: sources of symbol syms[i] are
+    # bsrc[bstart[syms[i]]:bfill[syms[i]]]
+    bcount = np.zeros(k, dtype=np.int64)
+    bstart = np.zeros(k, dtype=np.int64)
+    bfill = np.zeros(k, dtype=np.int64)
+    syms = np.empty(k, dtype=np.int64)
+    bsrc = np.empty(max(n_moves, 1), dtype=np.int64)
     while n_work > 0:
         n_work -= 1
         sb = work[n_work]
         waiting[sb] = False
-        m = end[sb] - first[sb]
-        splitter[:m] = elems[first[sb]:end[sb]]
-        for a in range(k):
+        n_syms = 0
+        for x in range(first[sb], end[sb]):
+            t = elems[x]
+            for j in range(iptr[t], iptr[t + 1]):
+                a = isym[j]
+                if bcount[a] == 0:
+                    syms[n_syms] = a
+                    n_syms += 1
+                bcount[a] += 1
+        total = 0
+        for i in range(n_syms):
+            a = syms[i]
+            bstart[a] = total
+            bfill[a] = total
+            total += bcount[a]
+            bcount[a] = 0
+        for x in range(first[sb], end[sb]):
+            t = elems[x]
+            for j in range(iptr[t], iptr[t + 1]):
+                a = isym[j]
+                bsrc[bfill[a]] = isrc[j]
+                bfill[a] += 1
+        for i in range(n_syms):
+            a = syms[i]
             n_touched = 0
-            for i in range(m):
-                t = splitter[i]
-                for j in range(ptr[a * n + t], ptr[a * n + t + 1]):
-                    s = preds[j]
-                    b = block[s]
-                    p = first[b] + marked[b]
-                    q = loc[s]
-                    if q < p:
-                        continue  # already marked (cannot happen: one successor per symbol)
-                    other = elems[p]
-                    elems[p] = s
-                    loc[s] = p
-                    elems[q] = other
-                    loc[other] = q
-                    if marked[b] == 0:
-                        touched[n_touched] = b
-                        n_touched += 1
-                    marked[b] += 1
-            for i in range(n_touched):
-                b = touched[i]
+            for j in range(bstart[a], bfill[a]):
+                s = bsrc[j]
+                b = block[s]
+                p = first[b] + marked[b]
+                q = loc[s]
+                if q < p:
+                    continue  # already marked (cannot happen: one successor per symbol)
+                other = elems[p]
+                elems[p] = s
+                loc[s] = p
+                elems[q] = other
+                loc[other] = q
+                if marked[b] == 0:
+                    touched[n_touched] = b
+                    n_touched += 1
+                marked[b] += 1
+            for i2 in range(n_touched):
+                b = touched[i2]
                 nm = marked[b]
                 marked[b] = 0
                 size = end[b] - first[b]
