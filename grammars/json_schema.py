@@ -77,7 +77,9 @@ from grammars.ir import (
     seq,
     star,
 )
+from grammars.formats import format_regex
 from grammars.metaschema import first_metaschema_error
+from grammars.numeric import multiple_of_dfa, number_regex
 from grammars.regex import (
     RegexSyntaxError,
     UnsupportedRegexError,
@@ -725,7 +727,6 @@ class _Compiler:
         if isinstance(v, bool):
             return lit("true" if v else "false")
         if isinstance(v, (int, float)):
-            from grammars.numeric import number_regex
 
             d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
             return regex_to_node(number_regex(minimum=d, maximum=d))
@@ -758,7 +759,6 @@ class _Compiler:
         return seq(lit('"'), body, lit('"'))
 
     def number_node(self, s: dict, ptr: str, *, integer: bool) -> Node:
-        from grammars.numeric import number_regex
 
         kw: dict[str, Any] = {}
         lo, hi = s.get("minimum"), s.get("maximum")
@@ -778,7 +778,6 @@ class _Compiler:
         if not multiples:
             return node
         from grammars.automaton import Dfa, dfa_of, product
-        from grammars.numeric import multiple_of_dfa
 
         dfa = dfa_of(node)
         for m in multiples:
@@ -805,8 +804,6 @@ class _Compiler:
         for f in s["__formats"]:
             if f not in STANDARD_FORMATS:
                 continue  # custom formats are annotations
-            from grammars.formats import format_regex
-
             try:
                 rx = format_regex(f)
             except KeyError:
