@@ -61,6 +61,7 @@ from grammars.errors import (
     InvalidSchemaError,
     UnsupportedSchemaError,
 )
+from grammars.formats import format_regex
 from grammars.grammar import LOWERING_TIMEOUT, Grammar
 from grammars.ir import (
     NOTHING,
@@ -77,7 +78,6 @@ from grammars.ir import (
     seq,
     star,
 )
-from grammars.formats import format_regex
 from grammars.metaschema import first_metaschema_error
 from grammars.numeric import multiple_of_dfa, number_regex
 from grammars.regex import (

@@ -22,6 +22,7 @@ error to report. The predicates are sound, not complete: where they cannot decid
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from functools import cache
@@ -144,7 +145,7 @@ def _unique_key(x: Any) -> Any:
     if isinstance(x, bool):
         return ("b", x)
     if isinstance(x, (int, float)):
-        return ("n", x) if x == x else None
+        return None if isinstance(x, float) and math.isnan(x) else ("n", x)
     if isinstance(x, str):
         return ("s", x)
     if x is None:
@@ -201,7 +202,7 @@ def _compile(meta: dict[str, Any], validator_cls: Any, *, legacy_ref: bool) -> P
             return checks[0]
         return lambda x: all(c(x) for c in checks)
 
-    def keyword(k: str, v: Any, sub: dict[str, Any]) -> Predicate | None:  # noqa: C901, PLR0911, PLR0912
+    def keyword(k: str, v: Any, sub: dict[str, Any]) -> Predicate | None:
         if k in _ANNOTATIONS or k in ("$defs", "definitions"):
             return None
         if k == "$ref":

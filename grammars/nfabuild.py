@@ -78,7 +78,7 @@ def flatten(rules: Rules) -> Program:
     rule_index: dict[str, int] = {}
     names: list[str] = []
 
-    def node(n: Node) -> int:  # noqa: C901 - one branch per node kind, type-dispatched for speed
+    def node(n: Node) -> int:  # one branch per node kind, dispatched on type() for speed
         i = ids.get(id(n))
         if i is not None:
             return i
