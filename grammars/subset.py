@@ -270,7 +270,8 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
                1, stack, closed)
     # raw DFAs of JSON Schemas have ~n/6 states (Thompson NFAs are mostly chains): start there,
     # since growing the tables costs a copy of each
-    cap_sets = 1 << max(10, (n // 4).bit_length())
+    # (never past the state limit: a huge NFA may still have a small DFA)
+    cap_sets = 1 << max(10, min((n // 4).bit_length(), (max_states + 2).bit_length()))
     cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
     tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
     hashes = np.zeros((2, cap_sets), dtype=np.uint64)
