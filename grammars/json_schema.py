@@ -727,7 +727,6 @@ class _Compiler:
         if isinstance(v, bool):
             return lit("true" if v else "false")
         if isinstance(v, (int, float)):
-
             d = Decimal(repr(v)) if isinstance(v, float) else Decimal(v)
             return regex_to_node(number_regex(minimum=d, maximum=d))
         if isinstance(v, str):
@@ -759,7 +758,6 @@ class _Compiler:
         return seq(lit('"'), body, lit('"'))
 
     def number_node(self, s: dict, ptr: str, *, integer: bool) -> Node:
-
         kw: dict[str, Any] = {}
         lo, hi = s.get("minimum"), s.get("maximum")
         xlo, xhi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")

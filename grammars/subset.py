@@ -269,8 +269,7 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     m = _close(np.array([start], dtype=np.int32), nfa.eps_ptr, nfa.eps_dst, important, marks[0],
                1, stack, closed)
     # raw DFAs of JSON Schemas have ~n/6 states (Thompson NFAs are mostly chains): start there,
-    # since growing the tables costs a copy of each
-    # (never past the state limit: a huge NFA may still have a small DFA)
+    # never past the state limit, since growing the tables costs a copy of each
     cap_sets = 1 << max(10, min((n // 4).bit_length(), (max_states + 2).bit_length()))
     cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
     tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
@@ -298,14 +297,14 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
         if status == _GROW:
             used = max(int(ptrs[0, counts[1]]), int(ptrs[1, counts[2]]))
             if used + n > pools.shape[1]:
-                pools = _grown(pools, used + n)
+                pools = _grown(pools, used + n, axis=1)
             if max(counts[1], counts[2]) + 2 > hashes.shape[1]:
                 size = 2 * hashes.shape[1]
-                hashes = _grown(hashes, size)
-                ptrs = _grown(ptrs, size + 1)
-                rows = _grown_rows(rows, size)
-                pval = _grown_rows(pval, size)
-                accepting = _grown_rows(accepting, size)
+                hashes = _grown(hashes, size, axis=1)
+                ptrs = _grown(ptrs, size + 1, axis=1)
+                rows = _grown(rows, size, axis=0)
+                pval = _grown(pval, size, axis=0)
+                accepting = _grown(accepting, size, axis=0)
                 tables = np.stack([_rehash(tables[0], hashes[0], counts[1]),
                                    _rehash(tables[1], hashes[1], counts[2])])
             continue
@@ -331,21 +330,13 @@ def hash_weights(n: int) -> np.ndarray:
     return w[:n]
 
 
-def _grown_rows(a: np.ndarray, size: int) -> np.ndarray:
-    """``a`` with its first axis enlarged to at least ``size`` (doubling)."""
-    new = a.shape[0]
+def _grown(a: np.ndarray, size: int, *, axis: int) -> np.ndarray:
+    """``a`` with axis ``axis`` enlarged to at least ``size`` (doubling), the old entries kept."""
+    new = a.shape[axis]
     while new < size:
         new *= 2
-    out = np.empty((new,) + a.shape[1:], dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
-
-
-def _grown(a: np.ndarray, size: int) -> np.ndarray:
-    """``a`` (2-D) with its last axis enlarged to at least ``size`` (doubling)."""
-    new = a.shape[1]
-    while new < size:
-        new *= 2
-    out = np.empty(a.shape[:1] + (new,), dtype=a.dtype)
-    out[:, : a.shape[1]] = a
+    shape = list(a.shape)
+    shape[axis] = new
+    out = np.empty(shape, dtype=a.dtype)
+    out[(slice(None),) * axis + (slice(0, a.shape[axis]),)] = a
     return out
