@@ -17,8 +17,12 @@ All engines are configured for the same language as far as each allows: compact 
   then ``grammars.compile(..., cache=False)`` (no in-memory or on-disk cache, so every compile is
   from scratch).
 - ``xgrammar``: ``GrammarCompiler(cache_enabled=False).compile_json_schema(any_whitespace=False,
-  separators=(",", ":"))`` with its default ``strict_mode=True`` (objects without
-  ``additionalProperties`` get no extra properties).
+  separators=(",", ":"), strict_mode=False)``: the schema's own language (an object that leaves
+  ``additionalProperties`` out allows undeclared properties with any value, as ours does).
+- ``xgrammar-strict``: the same with xgrammar's default ``strict_mode=True``, which compiles a
+  smaller language than the schema's ("equivalent to setting unevaluatedProperties and
+  unevaluatedItems to false": no undeclared properties or items anywhere). Kept as a second
+  reference because it is what xgrammar users get by default.
 - ``llguidance``: ``LLMatcher(tok, grammar_from_json_schema(defaults={"whitespace_flexible":
   False, "item_separator": ",", "key_separator": ":"}))``. Its grammar is compiled lazily: the
   constructor does the up-front part and the first mask pays for the rest.
@@ -49,9 +53,9 @@ __all__ = [
 ]
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ENGINES = ("ours", "xgrammar", "llguidance", "outlines")
-_PEER_MODULES = {"ours": "grammars", "xgrammar": "xgrammar", "llguidance": "llguidance",
-                 "outlines": "outlines_core"}
+ENGINES = ("ours", "xgrammar", "xgrammar-strict", "llguidance", "outlines")
+_PEER_MODULES = {"ours": "grammars", "xgrammar": "xgrammar", "xgrammar-strict": "xgrammar",
+                 "llguidance": "llguidance", "outlines": "outlines_core"}
 _TOKENIZER: Any = None
 
 
@@ -201,6 +205,7 @@ class _XgrMatcher(EngineMatcher):
 
 class XgrammarEngine(Engine):
     name = "xgrammar"
+    STRICT = False  # see the module docstring
 
     def __init__(self, tokenizer: Any, vocab_size: int, *, vocab: Any = None) -> None:
         super().__init__(tokenizer, vocab_size)
@@ -214,11 +219,17 @@ class XgrammarEngine(Engine):
         compiler = xgr.GrammarCompiler(self.info, cache_enabled=False)
         try:
             cg = compiler.compile_json_schema(
-                json.dumps(schema), any_whitespace=False, separators=(",", ":")
+                json.dumps(schema), any_whitespace=False, separators=(",", ":"),
+                strict_mode=self.STRICT,
             )
         except Exception as e:
             raise CompileError(f"{type(e).__name__}: {str(e)[:300]}") from e
         return lambda: _XgrMatcher(xgr.GrammarMatcher(cg))
+
+
+class XgrammarStrictEngine(XgrammarEngine):
+    name = "xgrammar-strict"
+    STRICT = True
 
 
 # ---- llguidance -----------------------------------------------------------------------------------
@@ -331,6 +342,7 @@ class OutlinesEngine(Engine):
 _CLASSES: dict[str, type[Engine]] = {
     "ours": OursEngine,
     "xgrammar": XgrammarEngine,
+    "xgrammar-strict": XgrammarStrictEngine,
     "llguidance": LlguidanceEngine,
     "outlines": OutlinesEngine,
 }

@@ -106,6 +106,34 @@ def test_masks_measure_ours_byte_level(ours_bytes):
     assert "| ours |" in md
 
 
+def test_masks_repeated_compiles_take_turns_and_keep_the_median(ours_bytes):
+    import argparse
+
+    engine, vocab = ours_bytes
+    only = masks.measure(engine, SCHEMA, [1, 2], vocab.eos_token_id, vocab.size, walk=False)
+    assert only["status"] == "ok" and only["fill_us"] == [] and only["compile_ms"] > 0
+
+    calls: list[str] = []
+    times = iter([5.0, 1.0, 9.0, 2.0])
+
+    class FakeWorker:
+        def call(self, kind, e, schema, tokens, walk, *, timeout):
+            assert kind == "measure" and walk is False
+            calls.append(e)
+            return "ok", {"status": "ok", "compile_ms": next(times)}
+
+    rec = {"engines": {"ours": {"status": "ok", "compile_ms": 4.0},
+                       "peer": {"status": "ok", "compile_ms": 3.0},
+                       "broken": {"status": "compile_error", "compile_ms": 0.1}}}
+    masks._repeat_compiles(FakeWorker(), rec, SCHEMA, [1], ["ours", "peer", "broken"],
+                           argparse.Namespace(repeats=3, compile_timeout=1.0))
+    assert calls == ["peer", "ours", "ours", "peer"]  # rotated each round; failures not retried
+    ours, peer = rec["engines"]["ours"], rec["engines"]["peer"]
+    assert ours["compile_runs_ms"] == [4.0, 1.0, 9.0] and ours["compile_ms"] == 4.0
+    assert peer["compile_runs_ms"] == [3.0, 5.0, 2.0] and peer["compile_ms"] == 3.0
+    assert ours["first_compile_ms"] == 4.0 and "compile_runs_ms" not in rec["engines"]["broken"]
+
+
 def test_e2e_loop_toy_model(ours_bytes):
     import jsonschema
     import torch
@@ -144,7 +172,7 @@ def test_e2e_loop_toy_model(ours_bytes):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("name", ["ours", "xgrammar", "llguidance", "outlines"])
+@pytest.mark.parametrize("name", ["ours", "xgrammar", "xgrammar-strict", "llguidance", "outlines"])
 def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
     if name != "ours":
         pytest.importorskip(peers._PEER_MODULES[name])
@@ -155,10 +183,25 @@ def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
     out = masks.measure(engine, schema, tokens, smollm2_tokenizer.eos_token_id, smollm2_vocab.size)
     assert out["status"] == "ok", out
     assert _finite_positive([float(x) for x in out["fill_us"]] + [out["compile_ms"]])
-    if name in ("ours", "llguidance", "xgrammar"):  # outlines-core accepts this schema
+    if name != "outlines":  # outlines-core accepts this schema
         with pytest.raises(peers.CompileError):
             engine.compile({"type": "object", "properties": {"a": {"type": "integer", "minimum": 5,
                                                                      "maximum": 1}}, "required": ["a"]})
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name,extra_key_ok", [("ours", True), ("xgrammar", True),
+                                               ("xgrammar-strict", False)])
+def test_xgrammar_adapters_differ_on_undeclared_properties(name, extra_key_ok, smollm2_tokenizer,
+                                                           smollm2_vocab):
+    """An object that leaves ``additionalProperties`` out allows undeclared keys: ours and the
+    ``xgrammar`` adapter (``strict_mode=False``) accept one, ``xgrammar-strict`` masks it out."""
+    pytest.importorskip("xgrammar")
+    engine = peers.make_engine(name, smollm2_tokenizer, vocab=smollm2_vocab)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    tokens = smollm2_tokenizer.encode('{"a":1,"zz":2}', add_special_tokens=False)
+    out = masks.measure(engine, schema, tokens, smollm2_tokenizer.eos_token_id, smollm2_vocab.size)
+    assert (out["status"] == "ok") == extra_key_ok, out
 
 
 @pytest.mark.model
