@@ -16,6 +16,8 @@ All engines are configured for the same language as far as each allows: compact 
 - ``ours``: ``grammars.Grammar.from_json_schema(whitespace="compact", property_order="schema")``
   then ``grammars.compile(..., cache=False)`` (no in-memory or on-disk cache, so every compile is
   from scratch).
+- ``ours-strict``: ours on :func:`strict_schema` of the schema, the language of
+  ``xgrammar-strict`` (below).
 - ``xgrammar``: ``GrammarCompiler(cache_enabled=False).compile_json_schema(any_whitespace=False,
   separators=(",", ":"), strict_mode=False)``: the schema's own language (an object that leaves
   ``additionalProperties`` out allows undeclared properties with any value, as ours does).
@@ -50,11 +52,13 @@ __all__ = [
     "available_engines",
     "load_tokenizer",
     "make_engine",
+    "strict_schema",
 ]
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ENGINES = ("ours", "xgrammar", "xgrammar-strict", "llguidance", "outlines")
-_PEER_MODULES = {"ours": "grammars", "xgrammar": "xgrammar", "xgrammar-strict": "xgrammar",
+ENGINES = ("ours", "ours-strict", "xgrammar", "xgrammar-strict", "llguidance", "outlines")
+_PEER_MODULES = {"ours": "grammars", "ours-strict": "grammars", "xgrammar": "xgrammar",
+                 "xgrammar-strict": "xgrammar",
                  "llguidance": "llguidance", "outlines": "outlines_core"}
 _TOKENIZER: Any = None
 
@@ -183,6 +187,69 @@ class OursEngine(Engine):
         except grammars.GrammarError as e:
             raise CompileError(f"{type(e).__name__}: {e}") from e
         return lambda: _OursMatcher(cg.matcher())
+
+
+class OursStrictEngine(OursEngine):
+    """Ours on :func:`strict_schema` of the schema (timed with the compile): the language
+    xgrammar's default ``strict_mode`` compiles, for a same-language comparison with
+    ``xgrammar-strict``."""
+
+    name = "ours-strict"
+
+    def compile(self, schema: Any) -> Callable[[], EngineMatcher]:
+        return super().compile(strict_schema(schema))
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = ("additionalProperties", "additionalItems", "not", "if", "then", "else", "contains",
+               "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_COMBINED = ("allOf", "anyOf", "oneOf", "$ref")
+
+
+def strict_schema(schema: Any) -> Any:
+    """``schema`` closed the way xgrammar's ``strict_mode`` closes it ("equivalent to setting
+    unevaluatedProperties and unevaluatedItems to false"): an object schema that declares
+    ``properties`` but says nothing of other properties gets ``additionalProperties: false``
+    (``unevaluatedProperties: false`` when it also combines subschemas, whose properties count as
+    evaluated; left open before draft 2019-09, which has no such keyword), and ``prefixItems`` (or
+    a draft-7 ``items`` list) without a rule for further items gets ``items: false``
+    (``additionalItems: false``). ``allOf`` branches are left open (the schema around them is
+    closed); every nested subschema is closed likewise."""
+    declared = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
+    return _closed(schema, unevaluated=not declared or "2019-09" in declared
+                   or "2020-12" in declared, branch=False)
+
+
+def _closed(schema: Any, *, unevaluated: bool, branch: bool) -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {n: _closed(x, unevaluated=unevaluated, branch=False) for n, x in v.items()}
+        elif k in _SCHEMA_LISTS and isinstance(v, list):
+            out[k] = [_closed(x, unevaluated=unevaluated, branch=k == "allOf") for x in v]
+        elif k == "items" and isinstance(v, list):
+            out[k] = [_closed(x, unevaluated=unevaluated, branch=False) for x in v]
+        elif k == "items" or k in _SCHEMA_ONE:
+            out[k] = _closed(v, unevaluated=unevaluated, branch=False)
+        else:
+            out[k] = v
+    if branch:
+        return out
+    combined = any(k in schema for k in _COMBINED)
+    if combined and not unevaluated:
+        return out
+    if "properties" in schema and not {"additionalProperties", "patternProperties",
+                                       "unevaluatedProperties"} & schema.keys():
+        out["unevaluatedProperties" if combined else "additionalProperties"] = False
+    if "prefixItems" in schema and not {"items", "unevaluatedItems"} & schema.keys():
+        out["unevaluatedItems" if combined else "items"] = False
+    if isinstance(schema.get("items"), list) and not {"additionalItems",
+                                                       "unevaluatedItems"} & schema.keys():
+        out["additionalItems"] = False
+    return out
 
 
 # ---- xgrammar -------------------------------------------------------------------------------------
@@ -341,6 +408,7 @@ class OutlinesEngine(Engine):
 
 _CLASSES: dict[str, type[Engine]] = {
     "ours": OursEngine,
+    "ours-strict": OursStrictEngine,
     "xgrammar": XgrammarEngine,
     "xgrammar-strict": XgrammarStrictEngine,
     "llguidance": LlguidanceEngine,

@@ -189,14 +189,35 @@ def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
                                                                      "maximum": 1}}, "required": ["a"]})
 
 
+def test_strict_schema_closes_objects_and_tuples_like_xgrammar_strict_mode():
+    import jsonschema
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+        "t": {"type": "array", "prefixItems": [{"type": "integer"}]},
+        "m": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "c": {"allOf": [{"properties": {"x": {"type": "integer"}}}], "properties": {"y": {}}}}}
+    strict = peers.strict_schema(schema)
+    ok = {"a": {"b": 1}, "t": [1], "m": {"any": 2}, "c": {"x": 1, "y": 2}}
+    for s in (schema, strict):
+        jsonschema.validate(ok, s, cls=jsonschema.Draft202012Validator)
+    for extra in ({"z": 1}, {"a": {"b": 1, "z": 1}}, {"t": [1, 2]}, {"c": {"x": 1, "z": 1}}):
+        jsonschema.validate(extra, schema, cls=jsonschema.Draft202012Validator)  # open
+        assert not jsonschema.Draft202012Validator(strict).is_valid(extra), extra
+    assert schema["properties"]["a"] == {"type": "object", "properties": {"b": {"type": "integer"}}}
+    old = {"$schema": "http://json-schema.org/draft-04/schema#", "allOf": [{}], "properties": {"a": {}}}
+    assert peers.strict_schema(old) == old  # no unevaluatedProperties before 2019-09: left open
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("name,extra_key_ok", [("ours", True), ("xgrammar", True),
-                                               ("xgrammar-strict", False)])
+                                               ("xgrammar-strict", False), ("ours-strict", False)])
 def test_xgrammar_adapters_differ_on_undeclared_properties(name, extra_key_ok, smollm2_tokenizer,
                                                            smollm2_vocab):
     """An object that leaves ``additionalProperties`` out allows undeclared keys: ours and the
-    ``xgrammar`` adapter (``strict_mode=False``) accept one, ``xgrammar-strict`` masks it out."""
-    pytest.importorskip("xgrammar")
+    ``xgrammar`` adapter (``strict_mode=False``) accept one, ``xgrammar-strict`` and
+    ``ours-strict`` mask it out."""
+    pytest.importorskip(peers._PEER_MODULES[name])
     engine = peers.make_engine(name, smollm2_tokenizer, vocab=smollm2_vocab)
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     tokens = smollm2_tokenizer.encode('{"a":1,"zz":2}', add_special_tokens=False)
