@@ -1,7 +1,8 @@
 """JSONSchemaBench-style compliance runs over ../shared/data/jsonschemabench-dev.
 
     python -m decoding bench jsonschemabench [--subset NAME ...] [--limit N]
-        [--engine ours|llguidance|xgrammar ...] [--max-tokens 512] [--compile-timeout 10]
+        [--engine ours|llguidance|xgrammar|xgrammar-strict ...] [--max-tokens 512]
+        [--compile-timeout 10]
         [--compile-only] [--out bench/results/jsonschemabench]
 
 Metrics (the paper's definitions, Geng et al. 2025, arXiv 2501.10868):
@@ -19,6 +20,9 @@ Every engine runs through a transformers ``LogitsProcessor`` in ``model.generate
 model, prompt and greedy decoding: ours is :class:`decoding.GrammarLogitsProcessor`, xgrammar its
 own ``xgrammar.contrib.hf.LogitsProcessor``; llguidance ships none, so a ten-line processor calls
 its ``LLMatcher`` and torch bitmask helpers. Output cut by ``--max-tokens`` counts as invalid.
+``xgrammar`` compiles the schema's own language (``strict_mode=False``); ``xgrammar-strict`` is
+xgrammar's default ``strict_mode=True``, which allows no undeclared properties or items where the
+schema allows them (a smaller language than the schema's, see :mod:`bench.peers`).
 
 Results are appended as JSON lines (``<out>.jsonl``, one per engine and schema; a rerun skips
 what is there, so an interrupted run resumes), then summarized into ``<out>.json``, ``<out>.md``
@@ -41,7 +45,7 @@ from typing import Any
 
 __all__ = ["PROMPT", "iter_schemas", "main", "summarize"]
 
-ENGINES = ("ours", "llguidance", "xgrammar")
+ENGINES = ("ours", "llguidance", "xgrammar", "xgrammar-strict")
 PROMPT = (
     "Reply with one JSON value that validates against the JSON Schema below, and nothing else.\n\n"
     "JSON Schema:\n{schema}"
@@ -121,7 +125,8 @@ def _ours(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[], An
     return compile_schema
 
 
-def _xgrammar(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[], Any]]:
+def _xgrammar(model: Any, compile_timeout: float, *, strict: bool = False
+              ) -> Callable[[Any], Callable[[], Any]]:
     import xgrammar as xgr
     import xgrammar.contrib.hf
 
@@ -130,10 +135,14 @@ def _xgrammar(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[]
 
     def compile_schema(schema: Any) -> Callable[[], Any]:
         cg = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False,
-                                          separators=(",", ":"))
+                                          separators=(",", ":"), strict_mode=strict)
         return lambda: xgrammar.contrib.hf.LogitsProcessor(cg)
 
     return compile_schema
+
+
+def _xgrammar_strict(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[], Any]]:
+    return _xgrammar(model, compile_timeout, strict=True)
 
 
 def _llguidance(model: Any, compile_timeout: float) -> Callable[[Any], Callable[[], Any]]:
@@ -171,7 +180,8 @@ def _llguidance(model: Any, compile_timeout: float) -> Callable[[Any], Callable[
     return compile_schema
 
 
-_ENGINE_FACTORIES = {"ours": _ours, "xgrammar": _xgrammar, "llguidance": _llguidance}
+_ENGINE_FACTORIES = {"ours": _ours, "xgrammar": _xgrammar, "xgrammar-strict": _xgrammar_strict,
+                     "llguidance": _llguidance}
 
 
 def _validator(schema: Any) -> Any:
