@@ -10,8 +10,10 @@ JSON Schemas::
     m.accept(token_id) -> bool            # advance; False when the token is not allowed
     m.is_accepting() -> bool              # EOS allowed now
 
-All engines are configured for the same language as far as each allows: compact JSON (separators
-"," and ":", no whitespace), properties in the schema's order.
+All engines are configured for the same output format as far as each allows: compact JSON
+(separators "," and ":", no whitespace), properties in the schema's order. ``ours``,
+``xgrammar``, ``llguidance`` and ``outlines`` compile the schema as written (up to what each
+supports); ``ours-strict`` and ``xgrammar-strict`` compile a closed variant (below).
 
 - ``ours``: ``grammars.Grammar.from_json_schema(whitespace="compact", property_order="schema")``
   then ``grammars.compile(..., cache=False)`` (no in-memory or on-disk cache, so every compile is
@@ -200,55 +202,86 @@ class OursStrictEngine(OursEngine):
         return super().compile(strict_schema(schema))
 
 
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_SCHEMA_ONE = ("additionalProperties", "additionalItems", "not", "if", "then", "else", "contains",
-               "propertyNames", "unevaluatedItems", "unevaluatedProperties")
-_COMBINED = ("allOf", "anyOf", "oneOf", "$ref")
+_SCHEMA_MAPS = ("properties", "patternProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SCHEMA_ONE = ("additionalProperties", "additionalItems", "contains", "propertyNames",
+               "unevaluatedItems", "unevaluatedProperties")
+# subschemas that add to the properties of the schema around them: left open themselves
+_BRANCH_MAPS = ("$defs", "definitions", "dependentSchemas", "dependencies")
+_BRANCH_LISTS = ("allOf",)
+_BRANCH_ONE = ("then", "else")
+_COMBINED = ("allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas", "dependencies")
 
 
 def strict_schema(schema: Any) -> Any:
     """``schema`` closed the way xgrammar's ``strict_mode`` closes it ("equivalent to setting
-    unevaluatedProperties and unevaluatedItems to false"): an object schema that declares
-    ``properties`` but says nothing of other properties gets ``additionalProperties: false``
-    (``unevaluatedProperties: false`` when it also combines subschemas, whose properties count as
-    evaluated; left open before draft 2019-09, which has no such keyword), and ``prefixItems`` (or
-    a draft-7 ``items`` list) without a rule for further items gets ``items: false``
-    (``additionalItems: false``). ``allOf`` branches are left open (the schema around them is
-    closed); every nested subschema is closed likewise."""
+    unevaluatedProperties and unevaluatedItems to false"), for the ``ours-strict`` engine.
+
+    An object schema that declares ``properties`` or ``patternProperties`` but says nothing of
+    other properties gets ``additionalProperties: false``, or ``unevaluatedProperties: false``
+    when it also combines subschemas (``allOf``, ``$ref``, ``if``...), whose properties then count
+    as evaluated; before draft 2019-09, which has no such keyword, a combining schema is left
+    open. ``prefixItems`` (or a draft-7 ``items`` list) without a rule for further items gets
+    ``items: false`` (``additionalItems: false``). Subschemas that add to the schema around them
+    (``allOf`` branches, ``then``/``else``, ``dependentSchemas``/``dependencies``, and the
+    ``$defs``/``definitions`` that ``$ref`` points to) are not closed themselves (the schema
+    that uses them is), but what is nested in them is; ``not`` and ``if`` are left as they are
+    (closing them would change the condition). A ``$ref`` to a local object schema that declares
+    properties is closed where it is used. The language is approximately xgrammar's: it does not
+    close an object that declares no properties either, but it also ignores some keywords next
+    to ``$ref`` and the combinators, where this keeps them."""
     declared = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
     return _closed(schema, unevaluated=not declared or "2019-09" in declared
-                   or "2020-12" in declared, branch=False)
+                   or "2020-12" in declared, branch=False, root=schema)
 
 
-def _closed(schema: Any, *, unevaluated: bool, branch: bool) -> Any:
+def _local_target(root: Any, ref: Any) -> Any:
+    """The subschema a local ``#/...`` reference points to (None when not found or not local)."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _closed(schema: Any, *, unevaluated: bool, branch: bool, root: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
+    kw = {"unevaluated": unevaluated, "root": root}
     out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k in _SCHEMA_MAPS and isinstance(v, dict):
-            out[k] = {n: _closed(x, unevaluated=unevaluated, branch=False) for n, x in v.items()}
-        elif k in _SCHEMA_LISTS and isinstance(v, list):
-            out[k] = [_closed(x, unevaluated=unevaluated, branch=k == "allOf") for x in v]
+        if k in _SCHEMA_MAPS + _BRANCH_MAPS and isinstance(v, dict):
+            out[k] = {n: _closed(x, branch=k in _BRANCH_MAPS, **kw) for n, x in v.items()}
+        elif k in _SCHEMA_LISTS + _BRANCH_LISTS and isinstance(v, list):
+            out[k] = [_closed(x, branch=k in _BRANCH_LISTS, **kw) for x in v]
         elif k == "items" and isinstance(v, list):
-            out[k] = [_closed(x, unevaluated=unevaluated, branch=False) for x in v]
-        elif k == "items" or k in _SCHEMA_ONE:
-            out[k] = _closed(v, unevaluated=unevaluated, branch=False)
+            out[k] = [_closed(x, branch=False, **kw) for x in v]
+        elif k == "items" or k in _SCHEMA_ONE + _BRANCH_ONE:
+            out[k] = _closed(v, branch=k in _BRANCH_ONE, **kw)
         else:
-            out[k] = v
+            out[k] = v  # not, if, const, enum, ...: as written
     if branch:
         return out
-    combined = any(k in schema for k in _COMBINED)
-    if combined and not unevaluated:
-        return out
-    if "properties" in schema and not {"additionalProperties", "patternProperties",
-                                       "unevaluatedProperties"} & schema.keys():
-        out["unevaluatedProperties" if combined else "additionalProperties"] = False
-    if "prefixItems" in schema and not {"items", "unevaluatedItems"} & schema.keys():
-        out["unevaluatedItems" if combined else "items"] = False
     if isinstance(schema.get("items"), list) and not {"additionalItems",
                                                        "unevaluatedItems"} & schema.keys():
         out["additionalItems"] = False
+    combined = any(k in schema for k in _COMBINED)
+    if combined and not unevaluated:
+        return out
+    target = _local_target(root, schema.get("$ref"))
+    declares = {"properties", "patternProperties"} & schema.keys() or (
+        isinstance(target, dict) and {"properties", "patternProperties"} & target.keys())
+    if declares and not {"additionalProperties", "unevaluatedProperties"} & schema.keys():
+        out["unevaluatedProperties" if combined else "additionalProperties"] = False
+    if "prefixItems" in schema and not {"items", "unevaluatedItems"} & schema.keys():
+        out["unevaluatedItems" if combined else "items"] = False
     return out
 
 

@@ -172,7 +172,8 @@ def test_e2e_loop_toy_model(ours_bytes):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("name", ["ours", "xgrammar", "xgrammar-strict", "llguidance", "outlines"])
+@pytest.mark.parametrize("name", ["ours", "ours-strict", "xgrammar", "xgrammar-strict", "llguidance",
+                                  "outlines"])
 def test_engine_adapter_real_tokenizer(name, smollm2_tokenizer, smollm2_vocab):
     if name != "ours":
         pytest.importorskip(peers._PEER_MODULES[name])
@@ -207,6 +208,20 @@ def test_strict_schema_closes_objects_and_tuples_like_xgrammar_strict_mode():
     assert schema["properties"]["a"] == {"type": "object", "properties": {"b": {"type": "integer"}}}
     old = {"$schema": "http://json-schema.org/draft-04/schema#", "allOf": [{}], "properties": {"a": {}}}
     assert peers.strict_schema(old) == old  # no unevaluatedProperties before 2019-09: left open
+
+    # a shared base through allOf + $ref, patterns, conditionals: what the schema declares stays
+    # valid, anything else does not; `not` keeps its meaning; a used $ref target is closed
+    combined = {
+        "$defs": {"B": {"properties": {"x": {}}}, "O": {"type": "object", "properties": {"q": {}}}},
+        "allOf": [{"$ref": "#/$defs/B"}], "properties": {"y": {}, "o": {"$ref": "#/$defs/O"}},
+        "patternProperties": {"^p": {}}, "if": {"properties": {"k": {"const": 1}}},
+        "then": {"properties": {"m": {}}}, "not": {"required": ["z"], "properties": {"z": {}}}}
+    strict = peers.strict_schema(combined)
+    v = jsonschema.Draft202012Validator(strict)
+    assert v.is_valid({"x": 1, "y": 2, "p1": 3, "k": 1, "m": 4, "o": {"q": 5}})
+    for bad in ({"w": 1}, {"k": 2, "m": 4}, {"o": {"q": 1, "r": 2}}, {"z": 1}):
+        assert jsonschema.Draft202012Validator(combined).is_valid(bad) == ("z" not in bad), bad
+        assert not v.is_valid(bad), bad
 
 
 @pytest.mark.model
