@@ -213,6 +213,12 @@ _BRANCH_ONE = ("then", "else")
 _COMBINED = ("allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas", "dependencies")
 
 
+# keywords that do not constrain the instance next to a ``$ref``
+_ANNOTATIONS = frozenset({"$ref", "$schema", "$id", "$anchor", "$defs", "definitions", "title",
+                          "description", "$comment", "default", "examples", "deprecated",
+                          "readOnly", "writeOnly"})
+
+
 def strict_schema(schema: Any) -> Any:
     """``schema`` closed the way xgrammar's ``strict_mode`` closes it ("equivalent to setting
     unevaluatedProperties and unevaluatedItems to false"), for the ``ours-strict`` engine.
@@ -224,65 +230,79 @@ def strict_schema(schema: Any) -> Any:
     open. ``prefixItems`` (or a draft-7 ``items`` list) without a rule for further items gets
     ``items: false`` (``additionalItems: false``). Subschemas that add to the schema around them
     (``allOf`` branches, ``then``/``else``, ``dependentSchemas``/``dependencies``, and the
-    ``$defs``/``definitions`` that ``$ref`` points to) are not closed themselves (the schema
-    that uses them is), but what is nested in them is; ``not`` and ``if`` are left as they are
-    (closing them would change the condition). A ``$ref`` to a local object schema that declares
-    properties is closed where it is used. The language is approximately xgrammar's: it does not
-    close an object that declares no properties either, but it also ignores some keywords next
-    to ``$ref`` and the combinators, where this keeps them."""
-    declared = str(schema.get("$schema", "")) if isinstance(schema, dict) else ""
-    return _closed(schema, unevaluated=not declared or "2019-09" in declared
-                   or "2020-12" in declared, branch=False, root=schema)
-
-
-def _local_target(root: Any, ref: Any) -> Any:
-    """The subschema a local ``#/...`` reference points to (None when not found or not local)."""
-    if not isinstance(ref, str) or not ref.startswith("#"):
-        return None
-    node = root
-    for part in ref[1:].split("/")[1:]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
-def _closed(schema: Any, *, unevaluated: bool, branch: bool, root: Any) -> Any:
+    ``$defs``/``definitions`` entries) are not closed themselves (the schema that uses them is),
+    but what is nested in them is; ``not`` and ``if`` are left as they are (closing them would
+    change the condition). A schema that is only a ``$ref`` to a ``$defs``/``definitions`` entry
+    (or, before 2019-09, any ``$ref``, whose siblings are ignored) is pointed at a closed copy of
+    the entry, added next to it as ``<name>__strict``. The language is approximately xgrammar's:
+    it does not close an object that declares no properties either, but it also ignores some
+    keywords next to ``$ref`` and the combinators, where this keeps them."""
     if not isinstance(schema, dict):
         return schema
-    kw = {"unevaluated": unevaluated, "root": root}
-    out: dict[str, Any] = {}
-    for k, v in schema.items():
-        if k in _SCHEMA_MAPS + _BRANCH_MAPS and isinstance(v, dict):
-            out[k] = {n: _closed(x, branch=k in _BRANCH_MAPS, **kw) for n, x in v.items()}
-        elif k in _SCHEMA_LISTS + _BRANCH_LISTS and isinstance(v, list):
-            out[k] = [_closed(x, branch=k in _BRANCH_LISTS, **kw) for x in v]
-        elif k == "items" and isinstance(v, list):
-            out[k] = [_closed(x, branch=False, **kw) for x in v]
-        elif k == "items" or k in _SCHEMA_ONE + _BRANCH_ONE:
-            out[k] = _closed(v, branch=k in _BRANCH_ONE, **kw)
-        else:
-            out[k] = v  # not, if, const, enum, ...: as written
-    if branch:
-        return out
-    if isinstance(schema.get("items"), list) and not {"additionalItems",
-                                                       "unevaluatedItems"} & schema.keys():
-        out["additionalItems"] = False
-    combined = any(k in schema for k in _COMBINED)
-    if combined and not unevaluated:
-        return out
-    target = _local_target(root, schema.get("$ref"))
-    declares = {"properties", "patternProperties"} & schema.keys() or (
-        isinstance(target, dict) and {"properties", "patternProperties"} & target.keys())
-    if declares and not {"additionalProperties", "unevaluatedProperties"} & schema.keys():
-        out["unevaluatedProperties" if combined else "additionalProperties"] = False
-    if "prefixItems" in schema and not {"items", "unevaluatedItems"} & schema.keys():
-        out["unevaluatedItems" if combined else "items"] = False
+    declared = str(schema.get("$schema", ""))
+    closer = _Closer(schema, unevaluated=not declared or "2019-09" in declared
+                     or "2020-12" in declared)
+    out = closer.closed(schema, branch=False)
+    for (container, name), sub in closer.copies.items():
+        out[container] = {**out.get(container, {}), name: sub}
     return out
+
+
+class _Closer:
+    def __init__(self, root: dict, *, unevaluated: bool) -> None:
+        self.root = root
+        self.unevaluated = unevaluated
+        self.refs: dict[str, str] = {}  # $ref -> the $ref of its closed copy
+        self.copies: dict[tuple[str, str], Any] = {}
+
+    def closed_ref(self, ref: Any) -> Any:
+        """The reference to a closed copy of the ``$defs``/``definitions`` entry ``ref`` (``ref``
+        itself when it is not one)."""
+        parts = ref.split("/") if isinstance(ref, str) else []
+        if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
+            return ref
+        target = self.root.get(parts[1], {}).get(parts[2].replace("~1", "/").replace("~0", "~"))
+        if target is None:
+            return ref
+        if ref not in self.refs:
+            name = f"{parts[2]}__strict"
+            self.refs[ref] = f"#/{parts[1]}/{name}"
+            self.copies[(parts[1], name)] = None  # placeholder: a recursive use finds the name
+            self.copies[(parts[1], name)] = self.closed(target, branch=False)
+        return self.refs[ref]
+
+    def closed(self, schema: Any, *, branch: bool) -> Any:
+        if not isinstance(schema, dict):
+            return schema
+        out: dict[str, Any] = {}
+        for k, v in schema.items():
+            if k in _SCHEMA_MAPS + _BRANCH_MAPS and isinstance(v, dict):
+                out[k] = {n: self.closed(x, branch=k in _BRANCH_MAPS) for n, x in v.items()}
+            elif k in _SCHEMA_LISTS + _BRANCH_LISTS and isinstance(v, list):
+                out[k] = [self.closed(x, branch=k in _BRANCH_LISTS) for x in v]
+            elif k == "items" and isinstance(v, list):
+                out[k] = [self.closed(x, branch=False) for x in v]
+            elif k == "items" or k in _SCHEMA_ONE + _BRANCH_ONE:
+                out[k] = self.closed(v, branch=k in _BRANCH_ONE)
+            else:
+                out[k] = v  # not, if, const, enum, ...: as written
+        if branch:
+            return out
+        if isinstance(schema.get("items"), list) and not {"additionalItems",
+                                                           "unevaluatedItems"} & schema.keys():
+            out["additionalItems"] = False
+        if "$ref" in schema and (not self.unevaluated or schema.keys() <= _ANNOTATIONS):
+            out["$ref"] = self.closed_ref(schema["$ref"])
+            return out  # the copy is closed; siblings are annotations (or ignored)
+        combined = any(k in schema for k in _COMBINED)
+        if combined and not self.unevaluated:
+            return out
+        if ({"properties", "patternProperties"} & schema.keys()
+                and not {"additionalProperties", "unevaluatedProperties"} & schema.keys()):
+            out["unevaluatedProperties" if combined else "additionalProperties"] = False
+        if "prefixItems" in schema and not {"items", "unevaluatedItems"} & schema.keys():
+            out["unevaluatedItems" if combined else "items"] = False
+        return out
 
 
 # ---- xgrammar -------------------------------------------------------------------------------------

@@ -222,6 +222,15 @@ def test_strict_schema_closes_objects_and_tuples_like_xgrammar_strict_mode():
     for bad in ({"w": 1}, {"k": 2, "m": 4}, {"o": {"q": 1, "r": 2}}, {"z": 1}):
         assert jsonschema.Draft202012Validator(combined).is_valid(bad) == ("z" not in bad), bad
         assert not v.is_valid(bad), bad
+    # a recursive $defs entry used through $ref (at the root too) is replaced by a closed copy
+    linked = {"$defs": {"N": {"type": "object", "properties": {"v": {}, "next": {"$ref": "#/$defs/N"}}}},
+              "$ref": "#/$defs/N"}
+    strict = peers.strict_schema(linked)
+    assert strict["$ref"] == "#/$defs/N__strict" and "N" in strict["$defs"]
+    v = jsonschema.Draft202012Validator(strict)
+    assert v.is_valid({"v": 1, "next": {"v": 2, "next": {"v": 3}}})
+    for bad in ({"v": 1, "w": 2}, {"v": 1, "next": {"next": {"w": 3}}}):
+        assert jsonschema.Draft202012Validator(linked).is_valid(bad) and not v.is_valid(bad), bad
 
 
 @pytest.mark.model
