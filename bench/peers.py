@@ -261,14 +261,15 @@ class _Closer:
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
             return ref
-        target = self.root.get(parts[1], {}).get(parts[2].replace("~1", "/").replace("~0", "~"))
+        key = parts[2].replace("~1", "/").replace("~0", "~")  # the entry's name, unescaped
+        target = self.root.get(parts[1], {}).get(key)
         if target is None:
             return ref
         if ref not in self.refs:
-            name = f"{parts[2]}__strict"
-            self.refs[ref] = f"#/{parts[1]}/{name}"
-            self.copies[(parts[1], name)] = None  # placeholder: a recursive use finds the name
-            self.copies[(parts[1], name)] = self.closed(target, branch=False)
+            self.refs[ref] = f"#/{parts[1]}/{parts[2]}__strict"  # the pointer keeps the escapes
+            copy = (parts[1], f"{key}__strict")
+            self.copies[copy] = None  # placeholder: a recursive use finds the name
+            self.copies[copy] = self.closed(target, branch=False)
         return self.refs[ref]
 
     def closed(self, schema: Any, *, branch: bool) -> Any:

@@ -231,6 +231,12 @@ def test_strict_schema_closes_objects_and_tuples_like_xgrammar_strict_mode():
     assert v.is_valid({"v": 1, "next": {"v": 2, "next": {"v": 3}}})
     for bad in ({"v": 1, "w": 2}, {"v": 1, "next": {"next": {"w": 3}}}):
         assert jsonschema.Draft202012Validator(linked).is_valid(bad) and not v.is_valid(bad), bad
+    # an entry whose name needs JSON-pointer escapes: the copy is found through the pointer
+    escaped = {"$defs": {"a/b~": {"properties": {"v": {}}}}, "properties": {"x": {"$ref": "#/$defs/a~1b~0"}}}
+    strict = peers.strict_schema(escaped)
+    assert strict["properties"]["x"]["$ref"] == "#/$defs/a~1b~0__strict"
+    v = jsonschema.Draft202012Validator(strict)
+    assert v.is_valid({"x": {"v": 1}}) and not v.is_valid({"x": {"w": 1}})
 
 
 @pytest.mark.model
