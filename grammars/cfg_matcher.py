@@ -15,15 +15,20 @@ the masks never lead into a dead end.
 
 **Masks.** Terminals die and never revive along a lexeme, so a token that stays inside one
 lexeme is allowed exactly when some terminal ``t`` the column expects is still alive after it:
-the row is the OR over ``t`` of a *piece* that depends only on the lexer state and ``t``, never on
-the parse. One numba walk of the token trie through the lexer
-(:func:`grammars.tokenwalk.walk_terminals`) gives every terminal's piece at once, cached; a piece
-also lists the trie nodes where a lexeme of ``t`` may end while the token goes on. Only those tokens consult the parser: under
-``column.scan(t)`` the same decomposition continues below those nodes from the lexer start (a
-token may span several lexemes), with pieces keyed by the set of nodes (interned: different
-terminal paths that end at the same nodes share their pieces). So after warm-up a mask is
-a few cached row ORs plus memoized Earley steps (the idea of XGrammar's context-independent token
-cache, here per terminal).
+the row is the OR over ``t`` of a *piece* that depends only on ``t``'s own DFA state ``s`` (the
+lexer state's component), never on the parse. A piece is the mask row of ``t``'s DFA at ``s``
+(the regular path's trie walk, :func:`grammars.compiled.dfa_token_rows`, string-body shortcut
+included), cached per ``(t, s)`` and shared by every lexer state with ``t`` in ``s``. It also
+keeps the trie nodes where a lexeme of ``t`` may end while the token goes on: only those tokens
+consult the parser. Under ``column.scan(t)`` the same decomposition continues below those nodes
+from the lexer start (a token may span several lexemes), with one numba walk for all terminals
+(:func:`grammars.tokenwalk.walk_terminals`) and pieces keyed by the set of nodes (interned).
+The first crossing from ``(t, s)`` is read only next to ``t``'s own row, so it skips the subtrees
+whose tokens that row already holds (nodes and walk pruned by
+:func:`grammars.tokenwalk.outside_prefix`): a scannerless name then crosses into the next lexeme
+only through the few tokens that leave the name (``x,``), not through every identifier that could
+also be split in two. After warm-up a mask is a few cached row ORs plus memoized Earley steps
+(the idea of XGrammar's context-independent token cache, here per terminal state).
 
 ``check_token`` runs the token's bytes through the state (no mask).
 """
@@ -37,11 +42,18 @@ from typing import Any
 import numpy as np
 
 from grammars.cfg import Cfg
+from grammars.compiled import dfa_token_rows, string_loop_states
 from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
 from grammars.lexer import Lexer, bit_list, bitset_words
-from grammars.tokenwalk import child_bytes, split_ends, walk_terminals
+from grammars.tokenwalk import (
+    accept_nodes,
+    child_bytes,
+    outside_prefix,
+    split_ends,
+    walk_terminals,
+)
 from grammars.vocab import Vocabulary
 from kernels.bitmask import bitmask_row, write_bitmask_row
 
@@ -57,6 +69,18 @@ _IMPURE = np.zeros(0, dtype=np.uint32)  # marks a (core, node set) whose rows ca
 
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
+
+_WARM: list[bool] = []  # the trie-walk kernels are loaded in this process
+
+
+@dataclass(eq=False, slots=True)
+class _TerminalRows:
+    """Per DFA state of one terminal: its piece row, whether computed, and its crossing key."""
+
+    rows: np.ndarray  # uint32 (states, words)
+    done: np.ndarray  # bool (states,)
+    ends: list[int | None]
+    loops: np.ndarray  # string_loop_states of the terminal's DFA
 
 
 @dataclass(eq=False)
@@ -82,6 +106,13 @@ class CfgCompiledGrammar:
         for e in self.vocab.eos_token_ids:
             self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
         self._eos = frozenset(self.vocab.eos_token_ids)
+        n_nodes = len(self.vocab.trie.byte)
+        self._terms: list[_TerminalRows | None] = [None] * len(self.cfg.terminals)
+        self._components = self.lexer.components.tolist()
+        self._prune: list[tuple[int, int] | None] = []
+        self._pre = np.empty(len(self.vocab.trie.tok_ids) + 1, dtype=np.int32)
+        self._stack = np.empty(self.vocab.trie.max_depth + 1, dtype=np.int32)
+        self._nodes_out = np.empty(n_nodes, dtype=np.int64)
         self._bnodes = np.empty(1 << 16, dtype=np.int64)
         self._bstates = np.empty(1 << 16, dtype=np.int32)
         self._empty = np.zeros(self.words, dtype=np.uint32)
@@ -135,12 +166,93 @@ class CfgCompiledGrammar:
         return any(q == 0 and col.accepting for col, q in self.close(hyps))
 
     # ---- masks -------------------------------------------------------------------------------
-    def _walk(self, roots: np.ndarray, states: np.ndarray, want: int,
-              out: dict[int, tuple[np.ndarray, int | None]]) -> None:
-        """One walk of the token trie below ``roots`` (lexer ``states`` there) for the terminals
-        of bitset ``want``: per terminal ``t``, the tokens read while ``t`` stays alive, and the
-        node set (:meth:`_node_set`) where a lexeme of ``t`` ends with the token going on, into
-        ``out[t]`` (left out when both are empty)."""
+    def _terminal_rows(self, t: int) -> _TerminalRows:
+        hit = self._terms[t]
+        if hit is None:
+            dfa = self.cfg.terminals[t]
+            n = dfa.n_states
+            hit = self._terms[t] = _TerminalRows(
+                np.zeros((n, self.words), dtype=np.uint32), np.zeros(n, dtype=bool), [None] * n,
+                string_loop_states(dfa.trans))
+        return hit
+
+    def _compute_terminal(self, t: int, states: list[int]) -> None:
+        """The pieces of terminal ``t`` at its DFA ``states`` (see :meth:`terminal_piece`)."""
+        tr = self._terminal_rows(t)
+        dfa = self.cfg.terminals[t]
+        todo = np.array(sorted(set(states)), dtype=np.int64)
+        dfa_token_rows(dfa.trans, todo, self.vocab, tr.loops, tr.rows)
+        tr.done[todo] = True
+        trie = self.vocab.trie
+        if not dfa.accepting.any():
+            return
+        for s in todo.tolist():
+            outside_prefix(tr.rows[s], trie.tok_ids, self._pre)
+            n = accept_nodes(dfa.trans, dfa.accepting, s, trie.byte, trie.depth, trie.end,
+                             trie.tok_ptr, self._pre, self._stack, self._nodes_out)
+            if n:
+                tr.ends[s] = self._new_key(self._nodes_out[:n].copy(), (t, s))
+
+    def terminal_piece(self, t: int, s: int) -> tuple[np.ndarray, int | None]:
+        """Terminal ``t`` in its DFA state ``s`` at the trie root (parse-independent, cached):
+        the tokens read while ``t`` stays alive, and the key (None if empty) of the trie nodes
+        where a lexeme of ``t`` may end with the token going on. Only nodes with a token below
+        them outside the first set are kept, and the pieces below them (:meth:`pieces`) may
+        leave such tokens out: a crossing from ``(t, s)`` is only read next to this row."""
+        tr = self._terminal_rows(t)
+        if not tr.done[s]:
+            self._compute_terminal(t, [s])
+        return tr.rows[s], tr.ends[s]
+
+    def _new_key(self, nodes: np.ndarray, prune: tuple[int, int] | None) -> int:
+        sid = len(self._sets)
+        self._sets.append(nodes)
+        self._prune.append(prune)
+        return sid
+
+    def _walk(self, key: int, want: int, out: dict[int, tuple[np.ndarray, int | None]]) -> None:
+        """One walk of the token trie below the nodes of ``key`` (lexer start there) for the
+        terminals of bitset ``want``: per terminal ``t``, the tokens read while ``t`` stays alive,
+        and the node set (:meth:`_node_set`) where a lexeme of ``t`` ends with the token going
+        on, into ``out[t]`` (left out when both are empty). A pruned key (from
+        :meth:`terminal_piece`) walks only the subtrees with tokens outside its terminal's row."""
+        trie = self.vocab.trie
+        lx = self.lexer
+        roots = self._sets[key]
+        prune = self._prune[key]
+        if prune is not None:
+            t0, s0 = prune
+            outside_prefix(self._terms[t0].rows[s0], trie.tok_ids, self._pre)
+        wanted = bit_list(want)
+        rows, slot, nb = self._walk_kernel(roots, np.zeros(len(roots), dtype=np.int32), want,
+                                           prune is not None)
+        stop, start, nodes = split_ends(self._bnodes[:nb], self._bstates[:nb], lx.accept_ptr,
+                                        lx.accept_terms, slot, len(wanted))
+        for i, t in enumerate(wanted):
+            ends = nodes[start[i]:stop[i]]
+            if len(ends) or rows[i].any():
+                out[t] = (rows[i], self._node_set(ends))
+
+    def warm_up(self) -> None:
+        """Load the trie-walk kernels (numba, cached on disk) with the argument types masks use:
+        a process pays that once (~10 ms), at its first compile rather than in a mask."""
+        if _WARM:
+            return
+        lx = self.lexer
+        no_roots = np.zeros(0, dtype=np.int64)
+        for prune in (False, True):
+            self._walk_kernel(no_roots, np.zeros(0, dtype=np.int32), 1, prune)
+        below = np.zeros(256, dtype=np.bool_)
+        child_bytes(no_roots, self.vocab.trie.byte, self.vocab.trie.depth, self.vocab.trie.end,
+                    below)
+        split_ends(self._bnodes[:0], self._bstates[:0], lx.accept_ptr, lx.accept_terms,
+                   np.zeros(lx.n_terminals, dtype=np.int32), 1)
+        _WARM.append(True)
+
+    def _walk_kernel(self, roots: np.ndarray, states: np.ndarray, want: int,
+                     prune: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """:func:`walk_terminals` for the terminals of ``want``: their rows (in bit order), the
+        slot of each terminal, and how many boundary nodes it recorded (``self._bnodes``)."""
         trie = self.vocab.trie
         lx = self.lexer
         wanted = bit_list(want)
@@ -158,41 +270,30 @@ class CfgCompiledGrammar:
                                 roots, states, trie.byte, trie.depth, trie.end, trie.tok_ptr,
                                 trie.tok_ids, rows, self._bnodes, self._bstates,
                                 self._sets_scratch, np.zeros(lx.n_states, dtype=np.int32),
-                                self._state_rows)
+                                self._state_rows, self._pre, prune)
             if nb >= 0:
-                break
+                return rows, slot, nb
             self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
             self._bstates = np.empty(len(self._bnodes), dtype=np.int32)
             # walk again: the bits already set are right, the walk only sets more of the same
-        stop, start, nodes = split_ends(self._bnodes[:nb], self._bstates[:nb], lx.accept_ptr,
-                                        lx.accept_terms, slot, len(wanted))
-        for i, t in enumerate(wanted):
-            ends = nodes[start[i]:stop[i]]
-            if len(ends) or rows[i].any():
-                out[t] = (rows[i], self._node_set(ends))
 
     def _node_set(self, nodes: np.ndarray) -> int | None:
         """The key of a set of trie nodes at the lexer start: an id (interned: equal sets share
-        one, and so their pieces and levels), ``~0`` for the trie root alone (the same as the
-        root at lexer state 0), None for the empty set."""
+        one, and so their pieces and levels), None for the empty set."""
         if not len(nodes):
             return None
-        if len(nodes) == 1 and nodes[0] == 0:
-            return ~0
         key = nodes.tobytes()
         sid = self._set_ids.get(key)
         if sid is None:
-            sid = self._set_ids[key] = len(self._sets)
-            self._sets.append(nodes.copy())
+            sid = self._set_ids[key] = self._new_key(nodes.copy(), None)
         return sid
 
     def pieces(self, key: int, allowed: int) -> dict[int, tuple[np.ndarray, int | None]]:
         """Per terminal ``t`` of ``allowed`` (others may be listed too): the tokens that from
-        ``key``'s trie nodes and lexer state stay inside one lexeme of ``t``, and the node set
-        (:meth:`_node_set`, None if empty) where a lexeme of ``t`` ends with the token going on
-        (terminals with neither are left out). ``key >= 0`` is a node set at the lexer start;
-        ``key = ~q`` is the trie root at lexer state ``q``. Cached per ``(key, t)``; the missing
-        terminals are computed together in one trie walk."""
+        the trie nodes of ``key`` (``key >= 0``, the lexer at its start there) stay inside one
+        lexeme of ``t``, and the node set (:meth:`_node_set`, None if empty) where a lexeme of
+        ``t`` ends with the token going on (terminals with neither are left out). Cached per
+        ``(key, t)``; the missing terminals are computed together in one trie walk."""
         entry = self._pieces.get(key)
         if entry is None:
             entry = self._pieces[key] = (self._startable(key), {})
@@ -200,26 +301,12 @@ class CfgCompiledGrammar:
         if not missing:
             return entry[1]
         self._pieces[key] = (entry[0] & ~missing, entry[1])
-        hit = entry[1]
-        if key < 0:
-            q = ~key
-            self._walk(np.zeros(1, dtype=np.int64), np.array([q], dtype=np.int32), missing, hit)
-            for t in bit_list(self.lexer.accepts[q] & missing):  # a lexeme may end before the token
-                row, ends = hit.get(t, (self._empty, None))
-                nodes = self._sets[ends] if ends is not None else np.zeros(0, dtype=np.int64)
-                hit[t] = (row, self._node_set(np.concatenate([np.zeros(1, dtype=np.int64),
-                                                              nodes])))
-        else:
-            roots = self._sets[key]
-            self._walk(roots, np.zeros(len(roots), dtype=np.int32), missing, hit)
-        return hit
+        self._walk(key, missing, entry[1])
+        return entry[1]
 
     def _startable(self, key: int) -> int:
-        """The terminals whose pieces at ``key`` may be non-empty (still to compute, at first):
-        those alive at a lexer state; below a node set, those that can start with a byte on an
-        edge below it."""
-        if key < 0:
-            return self.lexer.alive[~key]
+        """The terminals whose pieces below node set ``key`` may be non-empty (still to compute,
+        at first): those that can start with a byte on an edge below it."""
         trie = self.vocab.trie
         below = np.zeros(256, dtype=np.bool_)
         child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, below)
@@ -231,18 +318,32 @@ class CfgCompiledGrammar:
     def level(self, key: int, allowed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Cached per ``(key, allowed)``: the OR of the pieces of the allowed terminals, and the
         allowed terminals whose lexemes may end inside a token (where the parser is needed),
-        with the node set where they end."""
+        with the key of the trie nodes where they end. ``key = ~q`` is the trie root in lexer
+        state ``q`` (pieces per terminal state, :meth:`terminal_piece`); ``key >= 0`` a node set
+        at the lexer start (:meth:`pieces`)."""
         hit = self._levels.get((key, allowed))
         if hit is None:
             row = np.zeros(self.words, dtype=np.uint32)
-            crossing = []
-            pieces = self.pieces(key, allowed)
-            for t in bit_list(allowed):
-                p = pieces.get(t)
-                if p is not None:
-                    row |= p[0]
-                    if p[1] is not None:
-                        crossing.append((t, p[1]))
+            crossing: list[tuple[int, int]] = []
+            if key < 0:  # the trie root in lexer state q: each terminal's own piece
+                q = ~key
+                lx = self.lexer
+                comp = self._components[q]
+                for t in bit_list(allowed & lx.alive[q]):
+                    r, ends = self.terminal_piece(t, comp[t])
+                    row |= r
+                    if ends is not None:
+                        crossing.append((t, ends))
+                # a lexeme that ends before the token: the next one starts at the root
+                crossing.extend((t, ~0) for t in bit_list(allowed & lx.accepts[q]))
+            else:
+                pieces = self.pieces(key, allowed)
+                for t in bit_list(allowed):
+                    p = pieces.get(t)
+                    if p is not None:
+                        row |= p[0]
+                        if p[1] is not None:
+                            crossing.append((t, p[1]))
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit
 
@@ -422,9 +523,9 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     start_column(cfg)
     out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
     if cfg.terminals:
-        # every lexeme starts at the trie root in lexer state 0: its pieces, for every terminal
-        # in one walk, are needed by most masks (computed per parser state's allowed terminals
-        # instead, the SQL walk of bench.cfg made 12 walks there, 18 ms, against 9 ms for one)
-        out.pieces(~0, (1 << lexer.n_terminals) - 1)
+        # every lexeme starts at the trie root in lexer state 0: the pieces of every terminal's
+        # start state are needed by most masks
+        out.level(~0, (1 << lexer.n_terminals) - 1)
+        out.warm_up()
     out.compile_seconds = time.perf_counter() - t0
     return out

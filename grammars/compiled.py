@@ -105,17 +105,9 @@ class CompiledGrammar:
         todo = todo[~self._done[todo]]
         if len(todo) == 0:
             return
-        # Inside an unbounded JSON string body every "plain" token (complete or partial plain
-        # UTF-8 characters) is allowed; only the few tokens with a quote, backslash or other
-        # byte need the walk. States that behave like that loop (``_loops``) get those tokens
-        # without a walk, and so do, per first byte, the states that enter such a loop on a
-        # plain ASCII byte (a property name other than the declared ones, a string right after
-        # its first character): most of a schema's expensive states are of these two kinds.
-        plain = _plain_tokens(self.vocab)
-        loops = self._loops()
-        direct = entry_bytes(self._trans, todo, loops, _ASCII_PLAIN)
-        fill_rows(self._trans, todo, loops[todo], direct, plain.mask, plain.first_mask,
-                  plain.first_ptr, plain.first_ids, self.vocab.trie, plain.other_trie, self.masks)
+        # most of a schema's expensive states are string-body loops (an undeclared property name,
+        # a string after its first character) or enter one: dfa_token_rows skips their walks
+        dfa_token_rows(self._trans, todo, self.vocab, self._loops(), self.masks)
         acc = todo[self._accepting[todo]]
         self.masks[acc] |= self._eos_words
         self._done[todo] = True
@@ -124,7 +116,7 @@ class CompiledGrammar:
         """Per state: whether it reads every plain JSON string-body byte sequence the way the
         canonical body loop does (:func:`grammars.tokenwalk.loop_like`; computed once)."""
         if self._loop_states is None:
-            self._loop_states = loop_like(self._trans, _canon_body().trans, _ASCII_PLAIN)
+            self._loop_states = string_loop_states(self._trans)
         return self._loop_states
 
     def mask_row(self, state: int) -> np.ndarray:
@@ -454,6 +446,26 @@ class _PlainTokens:
     first_ptr: np.ndarray  # by first byte b: the plain tokens starting with plain ASCII byte b are
     first_ids: np.ndarray  # first_ids[first_ptr[b]:first_ptr[b + 1]]
     first_mask: np.ndarray  # uint32 words: all of first_ids
+
+
+def string_loop_states(trans: np.ndarray) -> np.ndarray:
+    """Per state of the byte DFA ``trans``: whether it reads every plain JSON string-body byte
+    sequence the way the canonical body loop does (:func:`grammars.tokenwalk.loop_like`)."""
+    return loop_like(trans, _canon_body().trans, _ASCII_PLAIN)
+
+
+def dfa_token_rows(trans: np.ndarray, states: np.ndarray, vocab: Vocabulary, loops: np.ndarray,
+                   out: np.ndarray) -> None:
+    """OR into ``out[s]`` (uint32 words, zero on entry), for each of the distinct ``states``, the
+    tokens whose whole bytes the DFA ``trans`` reads from ``s`` (EOS never). ``loops`` is
+    :func:`string_loop_states` of ``trans``: inside an unbounded JSON string body every "plain"
+    token (complete or partial plain UTF-8 characters) is readable, so only the few tokens with a
+    quote, backslash or other byte need the trie walk, and states that enter such a loop on a
+    plain ASCII byte get those tokens per first byte without one."""
+    plain = _plain_tokens(vocab)
+    direct = entry_bytes(trans, states, loops, _ASCII_PLAIN)
+    fill_rows(trans, states, loops[states], direct, plain.mask, plain.first_mask,
+              plain.first_ptr, plain.first_ids, vocab.trie, plain.other_trie, out)
 
 
 _PLAIN_CACHE: dict[str, _PlainTokens] = {}

@@ -3,7 +3,7 @@
 A lexer state is the tuple of the terminals' DFA states (product construction from the tuple of
 start states, built breadth-first; byte classes with identical columns are handled together).
 Per state it records, as bitsets over terminals, which terminals are still *alive* (can still
-complete) and which *accept* here. State 0 is the start of a lexeme (no terminal accepts the empty
+complete) and which *accept* here, and each terminal's own DFA state (``components``). State 0 is the start of a lexeme (no terminal accepts the empty
 string).
 
 The per-state alive and accepting terminals are also kept as uint64 words and as lists (``alive_ptr``/``alive_terms``, CSR) for
@@ -30,6 +30,8 @@ class Lexer:
     alive: list[int]  # per state: bitset of terminals still alive
     accepts: list[int]  # per state: bitset of terminals accepting
     n_terminals: int
+    #: int32 (n, terminals): each terminal's own DFA state in this lexer state (-1: dead)
+    components: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     accept_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     alive_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
     alive_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
@@ -132,7 +134,8 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
     states = np.stack(vecs)  # (n, k); state ids are in BFS order, as rows were appended
     alive_bits = _bitsets(states != dead)
     accept_bits = _bitsets(accepting[states])
-    return Lexer(np.stack(rows), alive_bits, accept_bits, k)
+    components = np.where(states != dead, states - offs[:-1], -1).astype(np.int32)
+    return Lexer(np.stack(rows), alive_bits, accept_bits, k, components)
 
 
 def _bitsets(flags: np.ndarray) -> list[int]:

@@ -22,7 +22,8 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["child_bytes", "entry_bytes", "fill_rows", "loop_like", "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["accept_nodes", "child_bytes", "entry_bytes", "fill_rows", "loop_like", "outside_prefix",
+           "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -245,8 +246,51 @@ def token_table(trans, data, offsets, special, out):
 
 
 @njit(cache=True, nogil=True)
+def outside_prefix(row, tok_ids, pre):  # pragma: no cover - numba
+    """``pre[k]``: how many of the trie's tokens ``tok_ids[:k]`` (preorder) are not in ``row``
+    (uint32 words). Node ``n``'s subtree holds such a token exactly when
+    ``pre[tok_ptr[end[n]]] > pre[tok_ptr[n]]``, strictly below ``n`` when
+    ``pre[tok_ptr[end[n]]] > pre[tok_ptr[n + 1]]`` (one pass over the tokens, no branches)."""
+    acc = 0
+    pre[0] = 0
+    for k in range(tok_ids.shape[0]):
+        x = tok_ids[k]
+        acc += 1 - ((row[x >> 5] >> (x & 31)) & 1)
+        pre[k + 1] = acc
+
+
+@njit(cache=True, nogil=True)
+def accept_nodes(trans, accepting, start, tb, tdepth, tend, tok_ptr, pre, stack,
+                 out):  # pragma: no cover - numba
+    """Read the token trie through the DFA ``trans`` from ``start`` at the root; write into
+    ``out`` the nodes where the DFA accepts and that have a token strictly below them not counted
+    in ``pre`` (:func:`outside_prefix`), in preorder. Subtrees without such tokens are skipped.
+    Returns how many were written."""
+    total = tb.shape[0]
+    stack[0] = start
+    cnt = 0
+    n = 1
+    while n < total:
+        e = tend[n]
+        if pre[tok_ptr[e]] == pre[tok_ptr[n + 1]]:
+            n = e
+            continue
+        s = trans[stack[tdepth[n] - 1], tb[n]]
+        if s < 0:
+            n = e
+            continue
+        stack[tdepth[n]] = s
+        if accepting[s]:
+            out[cnt] = n
+            cnt += 1
+        n += 1
+    return cnt
+
+
+@njit(cache=True, nogil=True)
 def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, root_states, tb,
-                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark, srows):
+                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark, srows,
+                   pre, prune):
     """Read the token trie through a lexer (``trans``) from the *roots*: below trie node
     ``roots[r]`` (sorted) a lexeme starts in lexer state ``root_states[r]``. Every node gets the
     set of lexer states the input can be in there (one per root above it, deduplicated, kept to
@@ -263,7 +307,11 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
     Tokens are first gathered per lexer state (``srows``, scratch rows for the first
     ``len(srows)`` states met; past that, tokens go to the terminals' rows directly) and each
     state's row is ORed into its terminals' rows at the end: a token costs one bit per state,
-    not one per alive terminal."""
+    not one per alive terminal.
+
+    With ``prune``, only tokens counted in ``pre`` (:func:`outside_prefix`) matter: subtrees
+    without one are skipped (their tokens may or may not be set) and a node is recorded only
+    when one lies strictly below it."""
     cnt = np.zeros(sets.shape[0], dtype=np.int32)
     seed = np.full(sets.shape[0], -1, dtype=np.int32)  # per depth on the path: root state or -1
     sidx = np.full(mark.shape[0], -1, dtype=np.int32)  # lexer state -> its row in srows
@@ -284,6 +332,12 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
         stop = total if top == 0 else tend[top]
         n = top + 1
         while n < stop:
+            if prune and pre[tok_ptr[tend[n]]] == pre[tok_ptr[n]]:
+                e = tend[n]
+                while ri < n_roots and roots[ri] < e:  # no root lies there (callers' roots
+                    ri += 1  # have such tokens below them), but stay in step if one did
+                n = e
+                continue
             d = tdepth[n]
             b = tb[n]
             gen += 1
@@ -339,7 +393,8 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                                 i = slot[alive_terms[a]]
                                 if i >= 0:
                                     rows[i, w] |= bit
-            if c > 0 and tend[n] > n + 1:
+            if c > 0 and tend[n] > n + 1 and not (
+                    prune and pre[tok_ptr[tend[n]]] == pre[tok_ptr[n + 1]]):
                 for j in range(c):
                     st = sets[d, j]
                     if accepts[st]:
