@@ -6,7 +6,8 @@ regular and is folded into *terminals*. A terminal is a maximal run of regular m
 two nonterminal occurrences in a sequence, compiled into one minimized byte DFA (so a Lark rule
 ``sum: sum "+" product`` has the terminal ``%ignore* "+"``, and a recursive JSON Schema has
 terminals like ``{"name":<string>,"children":[``). Alternatives and repetitions that contain a
-nonterminal get helper nonterminals (``*`` is right-recursive).
+nonterminal get helper nonterminals (``*`` is left-recursive: ``R -> R body | ε``, which Earley
+parses with one completion per item where right recursion would chain them).
 
 The language is exactly the one of the rules: a terminal stands for any string of its DFA, and
 the matcher (:mod:`grammars.cfg_matcher`) tries every split of the input into terminals (the
@@ -185,7 +186,7 @@ class _Lowering:
                 if n.hi is None:
                     h = self.helper("repeat")
                     self.add(h, [])
-                    self.add(h, [*body, h])
+                    self.add(h, [h, *body])
                     out.append(h)
                 elif n.hi > n.lo:
                     tail: list[int] = []

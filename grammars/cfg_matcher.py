@@ -61,11 +61,12 @@ __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
 
 Hyp = tuple[Column, int]
 
-#: Memory for the rows kept per (column core, node set) (see ``CfgCompiledGrammar._fill_from``).
+#: Memory for the rows kept per (column signature, key) (see ``CfgCompiledGrammar._fill_from``).
 SUBTREE_CACHE_BYTES = 64 << 20
 
 _NO_IDS: frozenset[int] = frozenset()
-_IMPURE = np.zeros(0, dtype=np.uint32)  # marks a (core, node set) whose rows cannot be kept
+#: Rows below a column are kept when they depend on at most this many origin links back.
+MAX_CONTEXT_DEPTH = 6
 
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
@@ -97,6 +98,7 @@ class CfgCompiledGrammar:
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
     _subtrees: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    _need: dict[tuple, int] = field(default_factory=dict, repr=False)
     _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
     _sets: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -350,29 +352,49 @@ class CfgCompiledGrammar:
     def _fill_from(self, col: Column, key: int, out: np.ndarray) -> frozenset[int] | set[int]:
         """OR into ``out`` the tokens allowed from ``col`` below node set / lexer state ``key``.
         Returns the ids of the columns outside this subtree (before ``col``) whose items were
-        completed on the way: when there are none, the rows depend only on ``col.core()``, and
-        are kept per ``(core, key)`` for every later column with that core (a token of 64
-        ``-`` under nested unary minus is then read once, not at every expression)."""
+        completed on the way (a superset, after a cache hit).
+
+        The rows are kept per ``(col.signature(d), key)``: they depend on ``col``'s items and
+        on the items of the columns ``d`` origin links back, where ``d`` is how far back the
+        reading completed items (0 when nothing before ``col`` completes: the core alone). ``d``
+        is a property of the signature itself, so per ``(core, key)`` the largest ``d`` seen so
+        far is kept (``_need``) and every lookup uses it: a later column whose context is
+        equally deep reuses the rows without any Earley step (a token of 64 ``-`` under nested
+        unary minus is read once, not at every expression; ``"},`` inside a JSON value once
+        per nesting pattern). Past :data:`MAX_CONTEXT_DEPTH` nothing is kept."""
         row, crossing = self.level(key, col.expected)
         if not crossing:
             out |= row
             return _NO_IDS
-        memo_key = (col.core(), key)
-        hit = self._subtrees.get(memo_key)
-        if hit is not None:
-            if hit is _IMPURE:  # known to depend on more than the core: no row to keep
-                return self._crossing_into(col, crossing, out, row)
-            out |= hit
-            return _NO_IDS
+        ck = (col.core(), key)
+        need = self._need.get(ck, 0)
+        if need >= 0:
+            hit = self._subtrees.get((col.signature(need), key))
+            if hit is not None:
+                out |= hit
+                if not need:
+                    return _NO_IDS
+                anc = col.ancestors(need)
+                del anc[id(col)]
+                return set(anc)
         sub = row.copy()
         outside = self._crossing_into(col, crossing, sub, row)
         out |= sub
+        if need < 0:
+            return outside
+        depth = 0
+        if outside:
+            anc = col.ancestors(MAX_CONTEXT_DEPTH)
+            depth = max(anc.get(i, MAX_CONTEXT_DEPTH + 1) for i in outside)
+        if depth > MAX_CONTEXT_DEPTH:
+            self._need[ck] = -1
+            return outside
+        if depth > need:
+            need = self._need[ck] = depth
         if len(self._subtrees) >= self._max_subtrees:
             for k in list(self._subtrees)[: len(self._subtrees) // 2]:  # oldest half
                 del self._subtrees[k]
-        # whether the rows depend on more than the core is a property of the core (which of its
-        # items complete), so an impure (core, key) is remembered as such
-        self._subtrees[memo_key] = _IMPURE if outside else sub
+        self._subtrees[(col.signature(need), key)] = sub
         return outside
 
     def _crossing_into(self, col: Column, crossing: list[tuple[int, int]], out: np.ndarray,

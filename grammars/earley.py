@@ -161,8 +161,8 @@ class Column:
       set of predicted nonterminals, :class:`_Predicted`).
     """
 
-    __slots__ = ("__weakref__", "_core", "_none", "_pops", "_scans", "accepting", "expected", "g",
-                 "index", "predicted", "waiting")
+    __slots__ = ("__weakref__", "_core", "_none", "_pops", "_scans", "_sigs", "accepting",
+                 "expected", "g", "index", "predicted", "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
         self.g = g
@@ -175,6 +175,7 @@ class Column:
         self._none = 0  # bitset: terminals with no successor
         self._pops: dict[int, frozenset[int]] | None = None
         self._core: tuple | None = None
+        self._sigs: list | None = None
 
     def __repr__(self) -> str:
         return f"Column(index={self.index}, expected={bin(self.expected)}, accepting={self.accepting})"
@@ -196,6 +197,40 @@ class Column:
             self._core = (id(self.predicted), frozenset(
                 (p, d) for lst in self.waiting.values() for p, d, _ in lst))
         return self._core
+
+    def signature(self, depth: int) -> tuple:
+        """The column with its items' origins described ``depth`` levels deep: ``core()`` at 0,
+        else what it predicts and its waiting items as ``(production, dot, origin's signature
+        one level less deep)``. Columns with equal signatures of depth ``d`` parse every input
+        alike until an item started more than ``d`` origin links back completes (memoized)."""
+        if depth == 0:
+            return self.core()
+        sigs = self._sigs
+        if sigs is None:
+            sigs = self._sigs = []
+        while len(sigs) < depth:
+            d = len(sigs)  # building the signature of depth d + 1
+            sigs.append((id(self.predicted), frozenset(
+                (p, dot, o.signature(d)) for lst in self.waiting.values() for p, dot, o in lst)))
+        return sigs[depth - 1]
+
+    def ancestors(self, depth: int) -> dict[int, int]:
+        """The columns reachable through at most ``depth`` origin links, by id, with the fewest
+        links that reach each (the column itself at 0)."""
+        out = {id(self): 0}
+        frontier = [self]
+        for d in range(1, depth + 1):
+            nxt = []
+            for c in frontier:
+                for lst in c.waiting.values():
+                    for _, _, o in lst:
+                        if id(o) not in out:
+                            out[id(o)] = d
+                            nxt.append(o)
+            if not nxt:
+                break
+            frontier = nxt
+        return out
 
     def pops(self, terminal: int) -> frozenset[int]:
         """The ids of the columns before this one whose items were completed in building

@@ -166,6 +166,41 @@ def test_masks_reused_across_equal_parse_cores_stay_exact():
     assert compared > 10_000
 
 
+def test_masks_reused_across_equal_context_signatures_stay_exact():
+    """Rows kept per (column signature, key): a token that closes several levels at once
+    (``x)]``, ``]),``) is valid or not depending on the brackets opened several origin links
+    back, so rows may be reused only between columns whose contexts agree that deep. Random
+    walks through nested parentheses, brackets and lists (with long walks, so that the same
+    core recurs under different stacks), masks compared with ``check_token`` for every token."""
+    g = Grammar.from_lark("""
+        start: e
+        e: "(" l ")" | "[" l "]" | "x" | "-" e
+        l: e ("," e)*
+    """)
+    pieces = ["(", "[", "x", "-", ",", ")", "]", "x)", "x]", "x)]", "x])", ")]", "])", "))",
+              "]]", "),", "],", "x,", "x),", "x],", ")])", "])]", "-x", "-(", "(x", "[x", ",x",
+              ",(", ",[", "x))", "x]]", "-x)]", "(-", "[-"]
+    vocab = grammars.Vocabulary([p.encode() for p in pieces] + [b""], eos_token_id=len(pieces))
+    c = grammars.compile(g, vocab, cache=False)
+    rng = np.random.default_rng(7)
+    compared = 0
+    for _ in range(120):
+        m = c.matcher()
+        for _step in range(20):
+            bits = _mask_bits(m, vocab.size)
+            for u in range(vocab.size):
+                assert bits[u] == m.check_token(u), (u, vocab.tokens[u])
+                compared += 1
+            allowed = np.flatnonzero(bits[: len(pieces)])
+            if not len(allowed):
+                break
+            # open more than close, so contexts grow deep before they unwind
+            weights = np.array([3.0 if pieces[a] in ("(", "[", "(x", "[x", "-(", ",(", ",[")
+                                else 1.0 for a in allowed])
+            assert m.accept_token(int(rng.choice(allowed, p=weights / weights.sum())))
+    assert compared > 50_000
+
+
 def test_masks_of_tokens_that_glue_lexemes_stay_exact():
     """Tokens that end one lexeme and go on into others (a name glued to a keyword, to a comma,
     a keyword prefix of a name): the crossing pieces below a terminal's boundary nodes skip the
