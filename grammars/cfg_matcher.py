@@ -97,7 +97,7 @@ class CfgCompiledGrammar:
         default_factory=dict, repr=False)
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
-    _subtrees: dict[tuple, np.ndarray] = field(default_factory=dict, repr=False)
+    _subtrees: dict[tuple, tuple[np.ndarray, int]] = field(default_factory=dict, repr=False)
     _need: dict[tuple, int] = field(default_factory=dict, repr=False)
     _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
     _sets: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -349,7 +349,8 @@ class CfgCompiledGrammar:
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit
 
-    def _fill_from(self, col: Column, key: int, out: np.ndarray) -> frozenset[int] | set[int]:
+    def _fill_from(self, col: Column, key: int, out: np.ndarray, *,
+                   top: bool = False) -> frozenset[int] | set[int]:
         """OR into ``out`` the tokens allowed from ``col`` below node set / lexer state ``key``.
         Returns the ids of the columns outside this subtree (before ``col``) whose items were
         completed on the way (a superset, after a cache hit).
@@ -361,7 +362,8 @@ class CfgCompiledGrammar:
         far is kept (``_need``) and every lookup uses it: a later column whose context is
         equally deep reuses the rows without any Earley step (a token of 64 ``-`` under nested
         unary minus is read once, not at every expression; ``"},`` inside a JSON value once
-        per nesting pattern). Past :data:`MAX_CONTEXT_DEPTH` nothing is kept."""
+        per nesting pattern). Past :data:`MAX_CONTEXT_DEPTH` nothing is kept. ``top``: the
+        caller does not need the returned ids (an empty set may come back)."""
         row, crossing = self.level(key, col.expected)
         if not crossing:
             out |= row
@@ -371,21 +373,15 @@ class CfgCompiledGrammar:
         if need >= 0:
             hit = self._subtrees.get((col.signature(need), key))
             if hit is not None:
-                out |= hit
-                if not need:
-                    return _NO_IDS
-                anc = col.ancestors(need)
-                del anc[id(col)]
-                return set(anc)
+                out |= hit[0]
+                # the columns it completed lie within the depth it needed (a superset of them)
+                return col.ancestors(hit[1]) if hit[1] and not top else _NO_IDS
         sub = row.copy()
         outside = self._crossing_into(col, crossing, sub, row)
         out |= sub
         if need < 0:
             return outside
-        depth = 0
-        if outside:
-            anc = col.ancestors(MAX_CONTEXT_DEPTH)
-            depth = max(anc.get(i, MAX_CONTEXT_DEPTH + 1) for i in outside)
+        depth = col.depth_of(outside, MAX_CONTEXT_DEPTH) if outside else 0
         if depth > MAX_CONTEXT_DEPTH:
             self._need[ck] = -1
             return outside
@@ -394,7 +390,7 @@ class CfgCompiledGrammar:
         if len(self._subtrees) >= self._max_subtrees:
             for k in list(self._subtrees)[: len(self._subtrees) // 2]:  # oldest half
                 del self._subtrees[k]
-        self._subtrees[(col.signature(need), key)] = sub
+        self._subtrees[(col.signature(need), key)] = (sub, depth)
         return outside
 
     def _crossing_into(self, col: Column, crossing: list[tuple[int, int]], out: np.ndarray,
@@ -418,7 +414,7 @@ class CfgCompiledGrammar:
         ``accepting`` (``self.accepting(hyps)``)."""
         out[:] = 0
         for col, q in hyps:
-            self._fill_from(col, ~q, out)
+            self._fill_from(col, ~q, out, top=True)
         if accepting:
             out |= self._eos_words
 

@@ -17,6 +17,7 @@ content (weakly), so different splits of the input that reach the same parse sta
 from __future__ import annotations
 
 import collections
+import itertools
 import weakref
 
 from grammars.cfg import Cfg
@@ -161,8 +162,8 @@ class Column:
       set of predicted nonterminals, :class:`_Predicted`).
     """
 
-    __slots__ = ("__weakref__", "_core", "_none", "_pops", "_scans", "_sigs", "accepting",
-                 "expected", "g", "index", "predicted", "waiting")
+    __slots__ = ("__weakref__", "_completions", "_core", "_none", "_pops", "_scans", "_sigs",
+                 "accepting", "expected", "g", "index", "predicted", "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
         self.g = g
@@ -176,17 +177,10 @@ class Column:
         self._pops: dict[int, frozenset[int]] | None = None
         self._core: tuple | None = None
         self._sigs: list | None = None
+        self._completions: dict[int, tuple] | None = None
 
     def __repr__(self) -> str:
         return f"Column(index={self.index}, expected={bin(self.expected)}, accepting={self.accepting})"
-
-    def items_waiting(self, sym: int) -> list[tuple[int, int, Column]]:
-        """Every item of this column whose next symbol is ``sym``."""
-        out = list(self.waiting.get(sym, ()))
-        own = self.predicted.waiting.get(sym)
-        if own:
-            out.extend((p, d, self) for p, d in own)
-        return out
 
     def core(self) -> tuple:
         """The column without its items' origins: what it predicts and its waiting items'
@@ -198,45 +192,100 @@ class Column:
                 (p, d) for lst in self.waiting.values() for p, d, _ in lst))
         return self._core
 
-    def signature(self, depth: int) -> tuple:
-        """The column with its items' origins described ``depth`` levels deep: ``core()`` at 0,
-        else what it predicts and its waiting items as ``(production, dot, origin's signature
-        one level less deep)``. Columns with equal signatures of depth ``d`` parse every input
-        alike until an item started more than ``d`` origin links back completes (memoized)."""
-        if depth == 0:
-            return self.core()
+    def signature(self, depth: int) -> int:
+        """The column with its items' origins described ``depth`` levels deep, as an id
+        (interned per grammar): its core at 0, else what it predicts and its waiting items as
+        ``(production, dot, origin's signature one level less deep)``. Columns with equal
+        signatures of depth ``d`` parse every input alike until an item started more than ``d``
+        origin links back completes (memoized)."""
         sigs = self._sigs
         if sigs is None:
             sigs = self._sigs = []
-        while len(sigs) < depth:
-            d = len(sigs)  # building the signature of depth d + 1
-            sigs.append((id(self.predicted), frozenset(
-                (p, dot, o.signature(d)) for lst in self.waiting.values() for p, dot, o in lst)))
-        return sigs[depth - 1]
+        table = self.g._earley_signatures  # type: ignore[attr-defined]
+        while len(sigs) <= depth:
+            d = len(sigs)  # building the signature of depth d
+            if d == 0:
+                key: tuple = self.core()
+            else:
+                key = (id(self.predicted), frozenset(
+                    (p, dot, o.signature(d - 1))
+                    for lst in self.waiting.values() for p, dot, o in lst))
+            sid = table.get(key)
+            if sid is None:
+                sid = table[key] = len(table)
+            sigs.append(sid)
+        return sigs[depth]
 
-    def ancestors(self, depth: int) -> dict[int, int]:
-        """The columns reachable through at most ``depth`` origin links, by id, with the fewest
-        links that reach each (the column itself at 0)."""
-        out = {id(self): 0}
+    def ancestors(self, depth: int) -> set[int]:
+        """The ids of the columns reachable through 1 to ``depth`` origin links (not the column
+        itself, unless a cycle leads back to it: it cannot, origins come before)."""
+        out: set[int] = set()
         frontier = [self]
-        for d in range(1, depth + 1):
+        for _ in range(depth):
             nxt = []
             for c in frontier:
                 for lst in c.waiting.values():
                     for _, _, o in lst:
                         if id(o) not in out:
-                            out[id(o)] = d
+                            out.add(id(o))
                             nxt.append(o)
             if not nxt:
                 break
             frontier = nxt
         return out
 
+    def depth_of(self, ids: set[int] | frozenset[int], limit: int) -> int:
+        """The fewest origin links within which every column of ``ids`` (ancestors of this
+        one) is reached, or ``limit + 1`` if some is not reached within ``limit``."""
+        todo = set(ids)
+        todo.discard(id(self))
+        seen = {id(self)}
+        frontier = [self]
+        d = 0
+        while todo:
+            d += 1
+            if d > limit:
+                return limit + 1
+            nxt = []
+            for c in frontier:
+                for lst in c.waiting.values():
+                    for _, _, o in lst:
+                        i = id(o)
+                        if i not in seen:
+                            seen.add(i)
+                            todo.discard(i)
+                            nxt.append(o)
+            if not nxt:
+                return limit + 1
+            frontier = nxt
+        return d
+
     def pops(self, terminal: int) -> frozenset[int]:
         """The ids of the columns before this one whose items were completed in building
         ``self.scan(terminal)`` (empty when scanning it only advanced this column's items or
         completed items started here). Valid after that scan."""
         return _NO_IDS if self._pops is None else self._pops.get(terminal, _NO_IDS)
+
+    def _completion(self, x: int) -> tuple:
+        """What completing nonterminal ``x`` with origin this column does (memoized: sibling
+        columns that complete the same nonterminal here share it): the :class:`_Cascade`, the
+        items started before this column that advance (each one step: they may complete in
+        turn), and the items started here that advance, by next symbol, origin included."""
+        memo = self._completions
+        if memo is None:
+            memo = self._completions = {}
+        hit = memo.get(x)
+        if hit is None:
+            cas = _cascade(self.g, self.predicted, x)
+            waiting = self.waiting
+            advanced = []
+            for y in cas.done:
+                lst = waiting.get(~y)
+                if lst:
+                    advanced.extend([(p, d + 1, o) for p, d, o in lst])
+            bulk = [(sym, [(p, d, self) for p, d in pds]) for sym, pds in cas.by_sym.items()]
+            hit = memo[x] = (cas, advanced, bulk)
+        return hit
 
     def _close(self, kernel: list[tuple[int, int, Column]], root: Column) -> set[int]:
         """Close the kernel items (all started before this column): the items they wait on are
@@ -286,23 +335,21 @@ class Column:
                 continue
             completed.add(done_key)
             popped.add(id(origin))
-            cas = _cascade(g, origin.predicted, lhs)
+            cas, advanced, bulk = origin._completion(lhs)
             if cas.accepts and origin is root:
                 self.accepting = True
-            for y in cas.done:  # the items started before the origin advance one by one
-                owaiting = origin.waiting.get(~y)
-                if owaiting:
-                    for w in owaiting:
-                        key = (w[0], w[1] + 1, id(w[2]))
-                        if key not in seen:
-                            seen.add(key)
-                            agenda.append((w[0], w[1] + 1, w[2]))
-            if cas.by_sym:  # the items started at the origin advance in bulk
-                for sym, pds in cas.by_sym.items():
+            for w in advanced:  # the items started before the origin advance one by one
+                key = (w[0], w[1], id(w[2]))
+                if key not in seen:
+                    seen.add(key)
+                    agenda.append(w)
+            if bulk:  # the items started at the origin advance in bulk
+                for sym, items in bulk:
                     lst = waiting.get(sym)
                     if lst is None:
-                        lst = waiting[sym] = []
-                    lst.extend([(p2, d2, origin) for p2, d2 in pds])
+                        waiting[sym] = list(items)
+                    else:
+                        lst.extend(items)
                 expected |= cas.expected
                 predicted |= cas.predict
         if predicted:
@@ -319,12 +366,15 @@ class Column:
             hit = ref()
             if hit is not None:
                 return hit
-        items = self.items_waiting(terminal)
-        if not items:
+        kernel = [(p, d + 1, o) for p, d, o in self.waiting.get(terminal, ())]
+        own = self.predicted.waiting.get(terminal)
+        if own:
+            kernel.extend([(p, d + 1, self) for p, d in own])
+        if not kernel:
             self._none |= 1 << terminal
             return None
         out = Column(self.g, self.index + 1)
-        popped = out._close([(p, d + 1, o) for p, d, o in items], _root(self))
+        popped = out._close(kernel, _root(self))
         popped.discard(id(self))
         if popped:
             if self._pops is None:
@@ -335,11 +385,12 @@ class Column:
         self.g._earley_recent.append(out)  # type: ignore[attr-defined]
         return out
 
-    def _key(self) -> tuple[bool, int, frozenset[tuple[int, int, int]]]:
-        """What the column's future depends on: its waiting items, what it predicts, and whether
-        it accepts. Columns with equal keys behave identically."""
+    def _key(self) -> tuple[bool, int, frozenset[tuple[int, int, Column]]]:
+        """What the column's future depends on: its waiting items (origins compared by
+        identity), what it predicts, and whether it accepts. Columns with equal keys behave
+        identically."""
         return self.accepting, id(self.predicted), frozenset(
-            (p, d, id(o)) for lst in self.waiting.values() for p, d, o in lst)
+            itertools.chain.from_iterable(self.waiting.values()))
 
 
 def _intern(col: Column) -> Column:
@@ -366,6 +417,7 @@ def start_column(g: Cfg) -> Column:
         g._earley_closures = {}  # type: ignore[attr-defined]
         g._earley_predicted = {}  # type: ignore[attr-defined]
         g._earley_cascades = {}  # type: ignore[attr-defined]
+        g._earley_signatures = {}  # type: ignore[attr-defined]
         root = Column(g, 0)
         g._earley_root = root  # type: ignore[attr-defined]
         g._earley_intern = weakref.WeakValueDictionary()  # type: ignore[attr-defined]
