@@ -1,13 +1,14 @@
 """The lexer of a context-free grammar: one byte DFA that runs every terminal's DFA at once.
 
 A lexer state is the tuple of the terminals' DFA states (product construction from the tuple of
-start states, built breadth-first; byte classes with identical columns are handled together).
-Per state it records, as bitsets over terminals, which terminals are still *alive* (can still
-complete) and which *accept* here, and each terminal's own DFA state (``components``). State 0 is the start of a lexeme (no terminal accepts the empty
-string).
+start states, built breadth-first in numba over the byte classes the terminals share). Per state
+it records, as bitsets over terminals, which terminals are still *alive* (can still complete)
+and which *accept* here, and each terminal's own DFA state (``components``). State 0 is the
+start of a lexeme (no terminal accepts the empty string).
 
-The per-state alive and accepting terminals are also kept as uint64 words and as lists (``alive_ptr``/``alive_terms``, CSR) for
-the token-trie walk (:func:`grammars.tokenwalk.walk_terminals`).
+The per-state alive and accepting terminals are also kept as uint64 words and as lists
+(``alive_ptr``/``alive_terms``, CSR) for the token-trie walk
+(:func:`grammars.tokenwalk.walk_terminals`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from grammars.automaton import DEFAULT_MAX_STATES, Dfa, check_deadline
 from grammars.errors import GrammarTooLargeError
+from grammars.subset import _grown, _rehash, hash_weights
 
 __all__ = ["Lexer", "bit_list", "bitset_words", "build_lexer"]
 
@@ -79,63 +82,141 @@ def bitset_words(bitsets: list[int], n: int) -> np.ndarray:
     return out
 
 
-#: Frontier states expanded together (bounds the (states, 256, terminals) array of successors).
-_BLOCK_ENTRIES = 1 << 22
+_DONE, _GROW, _LIMIT = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _product_slice(table, max_states, slice_states, counts, htable, hashes, pool, ptr, rows,
+                   scratch):  # pragma: no cover - numba
+    """Expand up to ``slice_states`` queued lexer states (breadth-first). A lexer state is the
+    sorted list of its terminals' live DFA states, as ids into the stacked class ``table``
+    (``-1``: no move); they are stored in ``pool`` (``ptr``: CSR) and found again through the
+    open-addressing ``htable`` (``hashes`` per state). ``counts``: next state to expand, states,
+    pool entries used. Returns ``_DONE`` (``counts`` updated), ``_GROW`` (the arrays are too
+    small for the next state; nothing of it is kept) or ``_LIMIT`` (past ``max_states``)."""
+    head, n, used = counts[0], counts[1], counts[2]
+    n_cls = table.shape[1]
+    mask = htable.shape[0] - 1
+    done = 0
+    while head < n and done < slice_states:
+        a, b = ptr[head], ptr[head + 1]
+        if (used + n_cls * (b - a) > pool.shape[0] or n + n_cls + 1 > rows.shape[0]
+                or 2 * (n + n_cls) > htable.shape[0]):
+            counts[0], counts[1], counts[2] = head, n, used
+            return _GROW
+        for c in range(n_cls):
+            m = 0
+            h = np.uint64(1469598103934665603)
+            for i in range(a, b):
+                g = table[pool[i], c]
+                if g >= 0:
+                    scratch[m] = g
+                    m += 1
+                    h = (h ^ np.uint64(g)) * np.uint64(1099511628211)
+            if m == 0:
+                rows[head, c] = -1
+                continue
+            j = np.int64(h & np.uint64(mask))
+            while True:
+                s = htable[j]
+                if s < 0:
+                    if n >= max_states:
+                        return _LIMIT
+                    htable[j] = n
+                    hashes[n] = h
+                    for i in range(m):
+                        pool[used + i] = scratch[i]
+                    used += m
+                    ptr[n + 1] = used
+                    rows[head, c] = n
+                    n += 1
+                    break
+                if hashes[s] == h and ptr[s + 1] - ptr[s] == m:
+                    same = True
+                    for i in range(m):
+                        if pool[ptr[s] + i] != scratch[i]:
+                            same = False
+                            break
+                    if same:
+                        rows[head, c] = s
+                        break
+                j = (j + 1) & mask
+        head += 1
+        done += 1
+    counts[0], counts[1], counts[2] = head, n, used
+    return _DONE
+
+
+def _byte_classes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, cls)``: the distinct columns of the (states, 256) ``table`` and the class of
+    each byte (``classes[:, cls] == table``). Columns are told apart by a random-weight hash
+    and the result is checked (``np.unique`` over columns sorts them: 5 ms for SQL's lexer)."""
+    w = hash_weights(table.shape[0]).view(np.uint64)
+    h = (table.T.astype(np.uint64) + np.uint64(1)) @ w if table.shape[0] else np.zeros(256, np.uint64)
+    _, first, cls = np.unique(h, return_index=True, return_inverse=True)
+    classes = np.ascontiguousarray(table[:, first])
+    if not np.array_equal(classes[:, cls], table):  # a hash collision: sort the columns
+        cols, cls = np.unique(table, axis=1, return_inverse=True)
+        classes = np.ascontiguousarray(cols)
+    return classes.astype(np.int32), np.asarray(cls, dtype=np.int64).ravel()
 
 
 def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -> Lexer:
     """The product DFA of ``terminals`` (each with start state 0, none accepting the empty
     string). Raises :class:`GrammarTooLargeError` past ``max_states`` states.
 
-    Breadth-first and vectorized: a block of frontier states is expanded over all 256 bytes at
-    once (the terminals' tables stacked into one, a dead row at the end), and the new state
-    vectors are found by deduplicating rows."""
+    The terminals' tables are stacked over the byte classes they share (bytes whose columns
+    agree in every table), and a lexer state keeps only its live terminals: breadth-first, in
+    numba, in slices between which the compile deadline is checked."""
     k = len(terminals)
     sizes = [t.trans.shape[0] for t in terminals]
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    dead = int(offs[-1])
-    table = np.full((dead + 1, 256), dead, dtype=np.int32)
-    for t, term in enumerate(terminals):
-        table[offs[t]:offs[t + 1]] = np.where(term.trans >= 0, term.trans + offs[t], dead)
-    accepting = np.concatenate([t.accepting for t in terminals] + [np.zeros(1, dtype=bool)])
-    vecs: list[np.ndarray] = [offs[:-1].copy()]
-    ids: dict[bytes, int] = {vecs[0].tobytes(): 0}
-    rows: list[np.ndarray] = []
-    frontier = [0]
-    block = max(1, _BLOCK_ENTRIES // (256 * max(k, 1)))
-    row_type = np.dtype((np.void, 4 * max(k, 1)))
-    while frontier:
-        nxt_frontier: list[int] = []
-        for b0 in range(0, len(frontier), block):
-            check_deadline()
-            states = np.stack([vecs[i] for i in frontier[b0:b0 + block]])  # (m, k)
-            succ = table[states].transpose(0, 2, 1)  # (m, 256, k)
-            live = (succ != dead).any(axis=2)  # (m, 256)
-            out = np.full(live.shape, -1, dtype=np.int32)
-            found = np.ascontiguousarray(succ[live])  # (x, k)
-            if len(found):
-                uniq, first, inverse = np.unique(found.view(row_type).ravel(), return_index=True,
-                                                 return_inverse=True)
-                sid = np.empty(len(uniq), dtype=np.int32)
-                for j in range(len(uniq)):
-                    key = found[first[j]].tobytes()
-                    hit = ids.get(key)
-                    if hit is None:
-                        hit = ids[key] = len(vecs)
-                        vecs.append(found[first[j]])
-                        nxt_frontier.append(hit)
-                        if len(vecs) > max_states:
-                            raise GrammarTooLargeError(
-                                f"the lexer of this grammar needs more than {max_states} states")
-                    sid[j] = hit
-                out[live] = sid[inverse.ravel()]
-            rows.extend(out)
-        frontier = nxt_frontier
-    states = np.stack(vecs)  # (n, k); state ids are in BFS order, as rows were appended
-    alive_bits = _bitsets(states != dead)
-    accept_bits = _bitsets(accepting[states])
-    components = np.where(states != dead, states - offs[:-1], -1).astype(np.int32)
-    return Lexer(np.stack(rows), alive_bits, accept_bits, k, components)
+    stacked = np.concatenate(
+        [np.where(t.trans >= 0, t.trans + offs[i], -1) for i, t in enumerate(terminals)]
+    ).astype(np.int32) if k else np.zeros((0, 256), dtype=np.int32)
+    table, byte_cls = _byte_classes(stacked)
+    accepting = np.concatenate([t.accepting for t in terminals]) if k else np.zeros(0, bool)
+    term_of = np.repeat(np.arange(k, dtype=np.int32), sizes)
+    cap = 64
+    pool = np.empty(max(256, 4 * k), dtype=np.int32)
+    pool[:k] = offs[:-1]
+    ptr = np.zeros(cap + 1, dtype=np.int64)
+    ptr[1] = k
+    rows = np.empty((cap, table.shape[1]), dtype=np.int32)
+    hashes = np.zeros(cap, dtype=np.uint64)
+    htable = np.full(4 * cap, -1, dtype=np.int32)
+    h = 1469598103934665603  # FNV-1a over the members, as _product_slice hashes them
+    for g in offs[:-1].tolist():
+        h = ((h ^ g) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    hashes[0] = h
+    htable[h & (len(htable) - 1)] = 0
+    counts = np.array([0, 1, k], dtype=np.int64)
+    scratch = np.empty(max(k, 1), dtype=np.int32)
+    while counts[0] < counts[1]:
+        status = _product_slice(table, max_states, 256, counts, htable, hashes, pool, ptr, rows,
+                                scratch)
+        if status == _LIMIT:
+            raise GrammarTooLargeError(f"the lexer of this grammar needs more than {max_states} states")
+        if status == _GROW:
+            n, used = int(counts[1]), int(counts[2])
+            pool = _grown(pool, used + table.shape[1] * k + 1, axis=0)
+            if n + table.shape[1] + 1 > rows.shape[0]:
+                rows = _grown(rows, 2 * (n + table.shape[1] + 1), axis=0)
+                hashes = _grown(hashes, rows.shape[0], axis=0)
+                ptr = _grown(ptr, rows.shape[0] + 1, axis=0)
+            while 2 * (n + table.shape[1]) > htable.shape[0]:
+                htable = _rehash(htable, hashes, n)
+            continue
+        check_deadline()
+    n = int(counts[1])
+    trans = np.ascontiguousarray(rows[:n][:, byte_cls])
+    members = pool[:int(counts[2])]
+    owner = np.repeat(np.arange(n), np.diff(ptr[:n + 1]))
+    components = np.full((n, k), -1, dtype=np.int32)
+    components[owner, term_of[members]] = members - offs[term_of[members]]
+    accept = np.zeros((n, k), dtype=bool)
+    accept[owner, term_of[members]] = accepting[members]
+    return Lexer(trans, _bitsets(components >= 0), _bitsets(accept), k, components)
 
 
 def _bitsets(flags: np.ndarray) -> list[int]:

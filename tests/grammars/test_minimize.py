@@ -104,6 +104,49 @@ def test_the_lexer_product_honours_the_compile_deadline() -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_the_lexer_runs_every_terminal_at_once(seed: int) -> None:
+    """build_lexer against each terminal's own DFA on every short word: the lexer state's
+    components are the terminals' states (-1 once dead), and its alive and accepting bitsets
+    agree. Enough terminals and states that the tables grow mid-construction."""
+    import itertools
+
+    from grammars.lexer import build_lexer
+
+    rng = np.random.default_rng(200 + seed)
+    terms: list[Dfa] = []
+    while len(terms) < 5:
+        n = int(rng.integers(2, 9))
+        trans = np.full((n, 256), -1, dtype=np.int32)
+        trans[:, 97:101] = rng.integers(-1, n, size=(n, 4))
+        try:
+            d = _trim(trans, rng.random(n) < 0.4)
+        except EmptyLanguageError:
+            continue
+        if not d.accepting[0]:
+            terms.append(d)
+    lx = build_lexer(terms)
+    assert lx.n_states > 64  # past the first table sizes
+    for length in range(5):
+        for word in itertools.product(b"abcde", repeat=length):
+            q = 0
+            for b in word:
+                q = int(lx.trans[q, b]) if q >= 0 else -1
+            states = []
+            for d in terms:
+                s = 0
+                for b in word:
+                    s = int(d.trans[s, b]) if s >= 0 else -1
+                states.append(s)
+            if all(s < 0 for s in states):
+                assert q < 0, word
+                continue
+            assert q >= 0 and lx.components[q].tolist() == states, word
+            alive = sum(1 << i for i, s in enumerate(states) if s >= 0)
+            acc = sum(1 << i for i, s in enumerate(states) if s >= 0 and terms[i].accepting[s])
+            assert lx.alive[q] == alive and lx.accepts[q] == acc, word
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_product_accepts_the_intersection_and_the_difference(seed: int) -> None:
     """``product`` (grammars.reach.pair_product) against membership on every short word."""
     import itertools
