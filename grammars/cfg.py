@@ -29,7 +29,7 @@ from grammars.automaton import DEFAULT_MAX_STATES, Dfa, build_dfa
 from grammars.errors import EmptyLanguageError
 from grammars.ir import Alt, Node, Ref, Repeat, Rules, Seq, seq
 
-__all__ = ["Cfg", "Production", "rules_to_cfg"]
+__all__ = ["Cfg", "Production", "follow_terminals", "rules_to_cfg"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +314,47 @@ def _trim(g: Cfg) -> Cfg:
                 nullable[p.lhs] = changed = True
     out.nullable = nullable
     return out
+
+
+def follow_terminals(g: Cfg) -> list[int]:
+    """Per terminal, the bitset of terminals that may come right after it in some sentence of
+    ``g`` (FIRST/FOLLOW sets over the terminals, nullable nonterminals skipped)."""
+    n = g.n_nonterminals
+    first = [0] * n  # per nonterminal: terminals that can begin it
+    changed = True
+    while changed:
+        changed = False
+        for p in g.productions:
+            acc = first[p.lhs]
+            for sym in p.rhs:
+                if sym >= 0:
+                    acc |= 1 << sym
+                    break
+                acc |= first[~sym]
+                if not g.nullable[~sym]:
+                    break
+            if acc != first[p.lhs]:
+                first[p.lhs] = acc
+                changed = True
+    follow_nt = [0] * n
+    follow_t = [0] * len(g.terminals)
+    changed = True
+    while changed:
+        changed = False
+        for p in g.productions:
+            after = follow_nt[p.lhs]  # what follows the symbols still to the right, right to left
+            for sym in reversed(p.rhs):
+                if sym >= 0:
+                    if after & ~follow_t[sym]:
+                        follow_t[sym] |= after
+                        changed = True
+                    after = 1 << sym
+                else:
+                    if after & ~follow_nt[~sym]:
+                        follow_nt[~sym] |= after
+                        changed = True
+                    after = first[~sym] | (after if g.nullable[~sym] else 0)
+    return follow_t
 
 
 def rules_to_cfg(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Cfg:

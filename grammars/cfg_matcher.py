@@ -22,7 +22,7 @@ included), cached per ``(t, s)`` and shared by every lexer state with ``t`` in `
 keeps the trie nodes where a lexeme of ``t`` may end while the token goes on: only those tokens
 consult the parser. Under ``column.scan(t)`` the same decomposition continues below those nodes
 from the lexer start (a token may span several lexemes), with one numba walk for all terminals
-(:func:`grammars.tokenwalk.walk_terminals`) and pieces keyed by the set of nodes (interned).
+(:func:`grammars.tokenwalk.walk_states`) and pieces keyed by the set of nodes (interned).
 The first crossing from ``(t, s)`` is read only next to ``t``'s own row, so it skips the subtrees
 whose tokens that row already holds (nodes and walk pruned by
 :func:`grammars.tokenwalk.outside_prefix`): a scannerless name then crosses into the next lexeme
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from grammars.cfg import Cfg
+from grammars.cfg import Cfg, follow_terminals
 from grammars.compiled import dfa_token_rows, string_loop_states
 from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
@@ -49,10 +49,10 @@ from grammars.grammar import Grammar
 from grammars.lexer import Lexer, bit_list, bitset_words
 from grammars.tokenwalk import (
     accept_nodes,
-    child_bytes,
+    accepts_inside,
     outside_prefix,
     split_ends,
-    walk_terminals,
+    walk_states,
 )
 from grammars.vocab import Vocabulary
 from kernels.bitmask import bitmask_row, write_bitmask_row
@@ -60,6 +60,9 @@ from kernels.bitmask import bitmask_row, write_bitmask_row
 __all__ = ["CfgCompiledGrammar", "CfgMatcher"]
 
 Hyp = tuple[Column, int]
+#: Below a node set: token rows by the bitset of terminals alive after them, and per terminal
+#: the node set where a lexeme of it ends inside a token.
+_Pieces = tuple[list[tuple[int, np.ndarray]], dict[int, int]]
 
 #: Memory for the rows kept per (column signature, key) (see ``CfgCompiledGrammar._fill_from``).
 SUBTREE_CACHE_BYTES = 64 << 20
@@ -71,17 +74,11 @@ MAX_CONTEXT_DEPTH = 6
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
 
+#: Grammars with at most this many terminal DFA states (all terminals) get every row at compile
+#: time (one parallel trie walk: SQL's 306 states ~10 ms); larger ones compute rows on first use.
+EAGER_TERMINAL_STATES = 2048
+
 _WARM: list[bool] = []  # the trie-walk kernels are loaded in this process
-
-
-@dataclass(eq=False, slots=True)
-class _TerminalRows:
-    """Per DFA state of one terminal: its piece row, whether computed, and its crossing key."""
-
-    rows: np.ndarray  # uint32 (states, words)
-    done: np.ndarray  # bool (states,)
-    ends: list[int | None]
-    loops: np.ndarray  # string_loop_states of the terminal's DFA
 
 
 @dataclass(eq=False)
@@ -93,7 +90,7 @@ class CfgCompiledGrammar:
     cfg: Cfg
     lexer: Lexer
     compile_seconds: float = 0.0
-    _pieces: dict[int, tuple[int, dict[int, tuple[np.ndarray, int | None]]]] = field(
+    _pieces: dict[int, tuple[int, list[tuple[int, np.ndarray]], dict[int, int]]] = field(
         default_factory=dict, repr=False)
     _levels: dict[tuple[int, int], tuple[np.ndarray, list[tuple[int, int]]]] = field(
         default_factory=dict, repr=False)
@@ -109,9 +106,26 @@ class CfgCompiledGrammar:
             self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
         self._eos = frozenset(self.vocab.eos_token_ids)
         n_nodes = len(self.vocab.trie.byte)
-        self._terms: list[_TerminalRows | None] = [None] * len(self.cfg.terminals)
+        # every terminal's DFA in one table (terminal t's state s is global state offs[t] + s):
+        # one trie walk computes the rows of many terminal states at once
+        terms = self.cfg.terminals
+        sizes = [d.trans.shape[0] for d in terms]
+        self._offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
+        self._stacked = np.concatenate(
+            [np.where(d.trans >= 0, d.trans + self._offs[i], -1) for i, d in enumerate(terms)]
+            + [np.zeros((0, 256), dtype=np.int32)]).astype(np.int32)
+        self._stacked_accepting = np.concatenate(
+            [d.accepting for d in terms] + [np.zeros(0, dtype=bool)])
+        n_term_states = len(self._stacked)
+        self._loops = string_loop_states(self._stacked)
+        self._term_rows = np.zeros((n_term_states, self.words), dtype=np.uint32)
+        self._term_done = np.zeros(n_term_states, dtype=bool)
+        self._term_ends: list[int | None | bool] = [False] * n_term_states  # False: not yet
         self._components = self.lexer.components.tolist()
-        self._prune: list[tuple[int, int] | None] = []
+        self._prune: list[int | None] = []  # per key: the global terminal state it prunes by
+        self._want: list[int] = []  # per key: the terminals it may be asked for
+        self._want_masks: dict[int, tuple] = {}  # per walked set of terminals: its lexer masks
+        self._follow = follow_terminals(self.cfg)
         self._pre = np.empty(len(self.vocab.trie.tok_ids) + 1, dtype=np.int32)
         self._stack = np.empty(self.vocab.trie.max_depth + 1, dtype=np.int32)
         self._nodes_out = np.empty(n_nodes, dtype=np.int64)
@@ -119,10 +133,9 @@ class CfgCompiledGrammar:
         self._bstates = np.empty(1 << 16, dtype=np.int32)
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._sets_scratch: np.ndarray | None = None
-        self._state_rows: np.ndarray | None = None
+        self._srows: np.ndarray | None = None
+        self._accepts_any = np.array([a != 0 for a in self.lexer.accepts], dtype=np.bool_)
         self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
-        lx = self.lexer
-        self._first_byte_terms = [lx.alive[s] if s >= 0 else 0 for s in lx.trans[0].tolist()]
 
     @property
     def kind(self) -> str:
@@ -168,32 +181,14 @@ class CfgCompiledGrammar:
         return any(q == 0 and col.accepting for col, q in self.close(hyps))
 
     # ---- masks -------------------------------------------------------------------------------
-    def _terminal_rows(self, t: int) -> _TerminalRows:
-        hit = self._terms[t]
-        if hit is None:
-            dfa = self.cfg.terminals[t]
-            n = dfa.n_states
-            hit = self._terms[t] = _TerminalRows(
-                np.zeros((n, self.words), dtype=np.uint32), np.zeros(n, dtype=bool), [None] * n,
-                string_loop_states(dfa.trans))
-        return hit
-
-    def _compute_terminal(self, t: int, states: list[int]) -> None:
-        """The pieces of terminal ``t`` at its DFA ``states`` (see :meth:`terminal_piece`)."""
-        tr = self._terminal_rows(t)
-        dfa = self.cfg.terminals[t]
-        todo = np.array(sorted(set(states)), dtype=np.int64)
-        dfa_token_rows(dfa.trans, todo, self.vocab, tr.loops, tr.rows)
-        tr.done[todo] = True
-        trie = self.vocab.trie
-        if not dfa.accepting.any():
-            return
-        for s in todo.tolist():
-            outside_prefix(tr.rows[s], trie.tok_ids, self._pre)
-            n = accept_nodes(dfa.trans, dfa.accepting, s, trie.byte, trie.depth, trie.end,
-                             trie.tok_ptr, self._pre, self._stack, self._nodes_out)
-            if n:
-                tr.ends[s] = self._new_key(self._nodes_out[:n].copy(), (t, s))
+    def compute_terminal_rows(self, states: np.ndarray | None = None) -> None:
+        """The rows of the global terminal ``states`` not computed yet (default: all), in one
+        trie walk (:func:`grammars.compiled.dfa_token_rows`; parallel past a few states)."""
+        todo = np.flatnonzero(~self._term_done) if states is None else np.asarray(states)
+        todo = todo[~self._term_done[todo]]
+        if len(todo):
+            dfa_token_rows(self._stacked, todo, self.vocab, self._loops, self._term_rows)
+            self._term_done[todo] = True
 
     def terminal_piece(self, t: int, s: int) -> tuple[np.ndarray, int | None]:
         """Terminal ``t`` in its DFA state ``s`` at the trie root (parse-independent, cached):
@@ -201,39 +196,73 @@ class CfgCompiledGrammar:
         where a lexeme of ``t`` may end with the token going on. Only nodes with a token below
         them outside the first set are kept, and the pieces below them (:meth:`pieces`) may
         leave such tokens out: a crossing from ``(t, s)`` is only read next to this row."""
-        tr = self._terminal_rows(t)
-        if not tr.done[s]:
-            self._compute_terminal(t, [s])
-        return tr.rows[s], tr.ends[s]
+        g = self._offs[t] + s
+        ends = self._term_ends[g]
+        if ends is False:
+            if not self._term_done[g]:
+                self.compute_terminal_rows(np.array([g]))
+            ends = None
+            trie = self.vocab.trie
+            n = 0
+            if accepts_inside(self._stacked, self._stacked_accepting, g, trie.byte, trie.depth,
+                              trie.end, self._stack):
+                outside_prefix(self._term_rows[g], trie.tok_ids, self._pre)
+                n = accept_nodes(self._stacked, self._stacked_accepting, g, trie.byte,
+                                 trie.depth, trie.end, trie.tok_ptr, self._pre, self._stack,
+                                 self._nodes_out)
+            if n:
+                want = self._follow[t]
+                ends = self._new_key(self._nodes_out[:n].copy(), g, want)
+                # the crossing's pieces while the pruning is at hand
+                self._pieces[ends] = (want, *self._walk(ends, want, pre_ready=True))
+            self._term_ends[g] = ends
+        return self._term_rows[g], ends  # type: ignore[return-value]
 
-    def _new_key(self, nodes: np.ndarray, prune: tuple[int, int] | None) -> int:
+    def _new_key(self, nodes: np.ndarray, prune: int | None, want: int) -> int:
         sid = len(self._sets)
         self._sets.append(nodes)
         self._prune.append(prune)
+        self._want.append(want)
         return sid
 
-    def _walk(self, key: int, want: int, out: dict[int, tuple[np.ndarray, int | None]]) -> None:
+    def _walk(self, key: int, want: int, *, pre_ready: bool = False) -> _Pieces:
         """One walk of the token trie below the nodes of ``key`` (lexer start there) for the
-        terminals of bitset ``want``: per terminal ``t``, the tokens read while ``t`` stays alive,
-        and the node set (:meth:`_node_set`) where a lexeme of ``t`` ends with the token going
-        on, into ``out[t]`` (left out when both are empty). A pruned key (from
-        :meth:`terminal_piece`) walks only the subtrees with tokens outside its terminal's row."""
+        terminals of bitset ``want``: the tokens grouped by the set of wanted terminals alive
+        after them (rows ORed per bitset), and per wanted terminal the node set
+        (:meth:`_node_set`) where a lexeme of it ends with the token going on. A pruned key (from
+        :meth:`terminal_piece`) walks only the subtrees with tokens outside its terminal state's
+        row (``pre_ready``: ``self._pre`` already counts them)."""
         trie = self.vocab.trie
         lx = self.lexer
-        roots = self._sets[key]
         prune = self._prune[key]
-        if prune is not None:
-            t0, s0 = prune
-            outside_prefix(self._terms[t0].rows[s0], trie.tok_ids, self._pre)
-        wanted = bit_list(want)
-        rows, slot, nb = self._walk_kernel(roots, np.zeros(len(roots), dtype=np.int32), want,
-                                           prune is not None)
+        if prune is not None and not pre_ready:
+            outside_prefix(self._term_rows[prune], trie.tok_ids, self._pre)
+        masks = self._want_masks.get(want)
+        if masks is None:
+            w = bitset_words([want], lx.n_terminals)[0]
+            wanted = bit_list(want)
+            slot = np.full(lx.n_terminals, -1, dtype=np.int32)
+            slot[wanted] = np.arange(len(wanted), dtype=np.int32)
+            masks = self._want_masks[want] = ((lx.alive_words & w).any(axis=1),
+                                              (lx.accept_words & w).any(axis=1), slot, wanted)
+        live, accepts, slot, wanted = masks
+        n_used, nb = self._walk_kernel(self._sets[key], live, accepts, prune is not None)
+        groups: dict[int, np.ndarray] = {}
+        alive = lx.alive
+        for r, st in enumerate(self._used[:n_used].tolist()):
+            bits = alive[st] & want
+            row = groups.get(bits)
+            if row is None:
+                groups[bits] = self._srows[r].copy()
+            else:
+                row |= self._srows[r]
         stop, start, nodes = split_ends(self._bnodes[:nb], self._bstates[:nb], lx.accept_ptr,
                                         lx.accept_terms, slot, len(wanted))
-        for i, t in enumerate(wanted):
-            ends = nodes[start[i]:stop[i]]
-            if len(ends) or rows[i].any():
-                out[t] = (rows[i], self._node_set(ends))
+        ends = {}
+        for i in np.flatnonzero(stop > start[:-1]).tolist():
+            t = wanted[i]
+            ends[t] = self._node_set(nodes[start[i]:stop[i]], self._follow[t])
+        return list(groups.items()), ends
 
     def warm_up(self) -> None:
         """Load the trie-walk kernels (numba, cached on disk) with the argument types masks use:
@@ -241,81 +270,79 @@ class CfgCompiledGrammar:
         if _WARM:
             return
         lx = self.lexer
+        trie = self.vocab.trie
+        outside_prefix(self._term_rows[0], trie.tok_ids, self._pre)
+        accepts_inside(self._stacked, self._stacked_accepting, 0, trie.byte, trie.depth, trie.end,
+                       self._stack)
+        accept_nodes(self._stacked, self._stacked_accepting, 0, trie.byte, trie.depth, trie.end,
+                     trie.tok_ptr, self._pre, self._stack, self._nodes_out)
+        dfa_token_rows(self._stacked, np.zeros(0, dtype=np.int64), self.vocab, self._loops,
+                       self._term_rows)
         no_roots = np.zeros(0, dtype=np.int64)
         for prune in (False, True):
-            self._walk_kernel(no_roots, np.zeros(0, dtype=np.int32), 1, prune)
-        below = np.zeros(256, dtype=np.bool_)
-        child_bytes(no_roots, self.vocab.trie.byte, self.vocab.trie.depth, self.vocab.trie.end,
-                    below)
+            self._walk_kernel(no_roots, self._accepts_any, self._accepts_any, prune)
         split_ends(self._bnodes[:0], self._bstates[:0], lx.accept_ptr, lx.accept_terms,
-                   np.zeros(lx.n_terminals, dtype=np.int32), 1)
+                   np.zeros(lx.n_terminals, dtype=np.int32), lx.n_terminals)
         _WARM.append(True)
 
-    def _walk_kernel(self, roots: np.ndarray, states: np.ndarray, want: int,
-                     prune: bool) -> tuple[np.ndarray, np.ndarray, int]:
-        """:func:`walk_terminals` for the terminals of ``want``: their rows (in bit order), the
-        slot of each terminal, and how many boundary nodes it recorded (``self._bnodes``)."""
+    def _walk_kernel(self, roots: np.ndarray, live: np.ndarray, accepts: np.ndarray,
+                     prune: bool) -> tuple[int, int]:
+        """:func:`walk_states` below ``roots``, growing the scratch until it fits: how many
+        lexer states got rows (``self._used``/``self._srows``) and how many boundary nodes were
+        recorded (``self._bnodes``/``self._bstates``)."""
         trie = self.vocab.trie
         lx = self.lexer
-        wanted = bit_list(want)
-        slot = np.full(lx.n_terminals, -1, dtype=np.int32)
-        slot[wanted] = np.arange(len(wanted), dtype=np.int32)
-        w = bitset_words([want], lx.n_terminals)[0]
-        live = (lx.alive_words & w).any(axis=1)
-        accepts = (lx.accept_words & w).any(axis=1)
-        rows = np.zeros((len(wanted), self.words), dtype=np.uint32)
         if self._sets_scratch is None:
             self._sets_scratch = np.empty((trie.max_depth + 2, lx.n_states), dtype=np.int32)
-            self._state_rows = np.empty((min(lx.n_states, 256), self.words), dtype=np.uint32)
+            self._srows = np.empty((min(lx.n_states, 64), self.words), dtype=np.uint32)
+            self._used = np.empty(lx.n_states, dtype=np.int32)
+            self._sidx = np.full(lx.n_states, -1, dtype=np.int32)
+        counts = np.zeros(2, dtype=np.int64)
         while True:
-            nb = walk_terminals(lx.trans, lx.alive_ptr, lx.alive_terms, live, slot, accepts,
-                                roots, states, trie.byte, trie.depth, trie.end, trie.tok_ptr,
-                                trie.tok_ids, rows, self._bnodes, self._bstates,
-                                self._sets_scratch, np.zeros(lx.n_states, dtype=np.int32),
-                                self._state_rows, self._pre, prune)
-            if nb >= 0:
-                return rows, slot, nb
-            self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
-            self._bstates = np.empty(len(self._bnodes), dtype=np.int32)
-            # walk again: the bits already set are right, the walk only sets more of the same
+            status = walk_states(lx.trans, live, accepts, roots, trie.byte, trie.depth,
+                                 trie.end, trie.tok_ptr, trie.tok_ids, self._bnodes,
+                                 self._bstates, self._sets_scratch,
+                                 np.zeros(lx.n_states, dtype=np.int32), self._sidx, self._used,
+                                 self._srows, self._pre, prune, counts)
+            if status == 0:
+                return int(counts[0]), int(counts[1])
+            if status == 1:
+                self._bnodes = np.empty(2 * len(self._bnodes), dtype=np.int64)
+                self._bstates = np.empty(len(self._bnodes), dtype=np.int32)
+            else:
+                self._srows = np.empty((min(lx.n_states, 2 * len(self._srows)), self.words),
+                                       dtype=np.uint32)
 
-    def _node_set(self, nodes: np.ndarray) -> int | None:
-        """The key of a set of trie nodes at the lexer start: an id (interned: equal sets share
-        one, and so their pieces and levels), None for the empty set."""
+    def _node_set(self, nodes: np.ndarray, want: int) -> int | None:
+        """The key of a set of trie nodes at the lexer start, where the terminals of ``want``
+        may be asked for: an id (interned: equal sets share one, and so their pieces and
+        levels; ``want`` accumulates), None for the empty set."""
         if not len(nodes):
             return None
         key = nodes.tobytes()
         sid = self._set_ids.get(key)
         if sid is None:
-            sid = self._set_ids[key] = self._new_key(nodes.copy(), None)
+            sid = self._set_ids[key] = self._new_key(nodes.copy(), None, want)
+        else:
+            self._want[sid] |= want
         return sid
 
-    def pieces(self, key: int, allowed: int) -> dict[int, tuple[np.ndarray, int | None]]:
-        """Per terminal ``t`` of ``allowed`` (others may be listed too): the tokens that from
-        the trie nodes of ``key`` (``key >= 0``, the lexer at its start there) stay inside one
-        lexeme of ``t``, and the node set (:meth:`_node_set`, None if empty) where a lexeme of
-        ``t`` ends with the token going on (terminals with neither are left out). Cached per
-        ``(key, t)``; the missing terminals are computed together in one trie walk."""
-        entry = self._pieces.get(key)
-        if entry is None:
-            entry = self._pieces[key] = (self._startable(key), {})
-        missing = allowed & entry[0]
-        if not missing:
-            return entry[1]
-        self._pieces[key] = (entry[0] & ~missing, entry[1])
-        self._walk(key, missing, entry[1])
-        return entry[1]
-
-    def _startable(self, key: int) -> int:
-        """The terminals whose pieces below node set ``key`` may be non-empty (still to compute,
-        at first): those that can start with a byte on an edge below it."""
-        trie = self.vocab.trie
-        below = np.zeros(256, dtype=np.bool_)
-        child_bytes(self._sets[key], trie.byte, trie.depth, trie.end, below)
-        out = 0
-        for b in np.flatnonzero(below):
-            out |= self._first_byte_terms[b]
-        return out
+    def pieces(self, key: int, allowed: int) -> _Pieces:
+        """Below the trie nodes of ``key`` (``key >= 0``; the lexer at its start there), for
+        the terminals of ``allowed`` at least: the tokens that stay inside one lexeme, grouped
+        by the bitset of terminals alive after them (``(bits, row)`` pairs), and per terminal
+        the node set (:meth:`_node_set`) where a lexeme of it ends with the token going on.
+        Cached; one trie walk covers every terminal the key may be asked for (those that can
+        follow the terminal whose lexemes end there), another walks any asked for later."""
+        hit = self._pieces.get(key)
+        if hit is None:
+            want = self._want[key] | allowed
+            hit = self._pieces[key] = (want, *self._walk(key, want))
+        elif allowed & ~hit[0]:
+            missing = allowed & ~hit[0]
+            groups, ends = self._walk(key, missing)
+            hit = self._pieces[key] = (hit[0] | missing, hit[1] + groups, {**hit[2], **ends})
+        return hit[1], hit[2]
 
     def level(self, key: int, allowed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Cached per ``(key, allowed)``: the OR of the pieces of the allowed terminals, and the
@@ -339,13 +366,11 @@ class CfgCompiledGrammar:
                 # a lexeme that ends before the token: the next one starts at the root
                 crossing.extend((t, ~0) for t in bit_list(allowed & lx.accepts[q]))
             else:
-                pieces = self.pieces(key, allowed)
-                for t in bit_list(allowed):
-                    p = pieces.get(t)
-                    if p is not None:
-                        row |= p[0]
-                        if p[1] is not None:
-                            crossing.append((t, p[1]))
+                groups, ends = self.pieces(key, allowed)
+                for bits, r in groups:
+                    if bits & allowed:
+                        row |= r
+                crossing.extend((t, k) for t, k in ends.items() if (allowed >> t) & 1)
             hit = self._levels[(key, allowed)] = (row, crossing)
         return hit
 
@@ -541,9 +566,8 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     start_column(cfg)
     out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
     if cfg.terminals:
-        # every lexeme starts at the trie root in lexer state 0: the pieces of every terminal's
-        # start state are needed by most masks
-        out.level(~0, (1 << lexer.n_terminals) - 1)
+        if len(out._stacked) <= EAGER_TERMINAL_STATES:
+            out.compute_terminal_rows()
         out.warm_up()
     out.compile_seconds = time.perf_counter() - t0
     return out

@@ -8,7 +8,7 @@ start of a lexeme (no terminal accepts the empty string).
 
 The per-state alive and accepting terminals are also kept as uint64 words and as lists
 (``alive_ptr``/``alive_terms``, CSR) for the token-trie walk
-(:func:`grammars.tokenwalk.walk_terminals`).
+(:func:`grammars.tokenwalk.walk_states`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 _PARALLEL_LOCK = threading.Lock()
 
-__all__ = ["accept_nodes", "child_bytes", "entry_bytes", "fill_rows", "loop_like", "outside_prefix",
-           "split_ends", "token_table", "walk_bytes", "walk_terminals", "walk_token"]
+__all__ = ["accept_nodes", "accepts_inside", "child_bytes", "entry_bytes", "fill_rows", "loop_like", "outside_prefix",
+           "split_ends", "token_table", "walk_bytes", "walk_states", "walk_token"]
 
 
 @njit(cache=True, nogil=True)
@@ -260,6 +260,25 @@ def outside_prefix(row, tok_ids, pre):  # pragma: no cover - numba
 
 
 @njit(cache=True, nogil=True)
+def accepts_inside(trans, accepting, start, tb, tdepth, tend, stack):  # pragma: no cover - numba
+    """Whether the DFA ``trans``, reading the token trie from ``start`` at the root, accepts at
+    some node that has children (where a lexeme could end inside a token)."""
+    total = tb.shape[0]
+    stack[0] = start
+    n = 1
+    while n < total:
+        s = trans[stack[tdepth[n] - 1], tb[n]]
+        if s < 0:
+            n = tend[n]
+            continue
+        if accepting[s] and tend[n] > n + 1:
+            return True
+        stack[tdepth[n]] = s
+        n += 1
+    return False
+
+
+@njit(cache=True, nogil=True)
 def accept_nodes(trans, accepting, start, tb, tdepth, tend, tok_ptr, pre, stack,
                  out):  # pragma: no cover - numba
     """Read the token trie through the DFA ``trans`` from ``start`` at the root; write into
@@ -288,46 +307,39 @@ def accept_nodes(trans, accepting, start, tb, tdepth, tend, tok_ptr, pre, stack,
 
 
 @njit(cache=True, nogil=True)
-def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, root_states, tb,
-                   tdepth, tend, tok_ptr, tok_ids, rows, bnodes, bstates, sets, mark, srows,
-                   pre, prune):
-    """Read the token trie through a lexer (``trans``) from the *roots*: below trie node
-    ``roots[r]`` (sorted) a lexeme starts in lexer state ``root_states[r]``. Every node gets the
-    set of lexer states the input can be in there (one per root above it, deduplicated, kept to
-    states where a wanted terminal is alive: ``live``), so nested roots are read in one pass.
+def walk_states(trans, live, accepts, roots, tb, tdepth, tend, tok_ptr, tok_ids, bnodes, bstates,
+                sets, mark, sidx, used, srows, pre, prune, counts):  # pragma: no cover - numba
+    """Read the token trie through a lexer (``trans``, -1 dead) from the *roots*: below trie node
+    ``roots[r]`` (sorted) a lexeme starts in lexer state 0. Every node gets the set of lexer
+    states the input can be in there (one per root above it, deduplicated, kept to the ``live``
+    ones), so nested roots are read in one pass.
 
-    For every token whose node has a state, OR it into ``rows[slot[t]]`` for each wanted
-    terminal ``t`` (``slot[t] >= 0``) alive in such a state (``alive_terms`` from
-    ``alive_ptr[state]`` to ``alive_ptr[state + 1]``). Record the nodes with children where a
-    state accepts a wanted terminal (``accepts``), with that state: ``bnodes``/``bstates`` (a
-    node once per accepting state). ``sets`` (trie depth + 2, lexer states) and ``mark`` (lexer
-    states, zeros) are scratch. Returns how many were recorded, or -1 if ``bnodes`` is too
-    small.
-
-    Tokens are first gathered per lexer state (``srows``, scratch rows for the first
-    ``len(srows)`` states met; past that, tokens go to the terminals' rows directly) and each
-    state's row is ORed into its terminals' rows at the end: a token costs one bit per state,
-    not one per alive terminal.
+    Each token whose node has states is ORed into the row (``srows``) of each of those states:
+    the states met are ``used[:counts[0]]``, state ``used[r]`` has row ``srows[r]`` (``sidx``:
+    state -> row, -1 elsewhere; back to -1 for the used states on return). The nodes with
+    children where a state ``accepts`` (some terminal accepts) are recorded with that state in
+    ``bnodes``/``bstates`` (``counts[1]`` of them). ``sets`` (trie depth + 2, lexer states) and
+    ``mark`` (lexer states, zeros) are scratch. Returns 0, or 1 when ``bnodes`` is too small, 2
+    when ``srows`` is (walk again with more room: the rows are rebuilt).
 
     With ``prune``, only tokens counted in ``pre`` (:func:`outside_prefix`) matter: subtrees
     without one are skipped (their tokens may or may not be set) and a node is recorded only
     when one lies strictly below it."""
     cnt = np.zeros(sets.shape[0], dtype=np.int32)
-    seed = np.full(sets.shape[0], -1, dtype=np.int32)  # per depth on the path: root state or -1
-    sidx = np.full(mark.shape[0], -1, dtype=np.int32)  # lexer state -> its row in srows
-    used = np.empty(srows.shape[0], dtype=np.int32)
+    seed = np.full(sets.shape[0], -1, dtype=np.int32)  # per depth on the path: root or -1
     n_used = 0
-    words = rows.shape[1]
+    words = srows.shape[1]
     cap = bnodes.shape[0]
     total = tb.shape[0]
     nb = 0
     gen = 0
     ri = 0
+    status = 0
     n_roots = roots.shape[0]
-    while ri < n_roots:
+    while ri < n_roots and status == 0:
         top = roots[ri]
         cnt[tdepth[top]] = 0
-        seed[tdepth[top]] = root_states[ri]
+        seed[tdepth[top]] = 0
         ri += 1
         stop = total if top == 0 else tend[top]
         n = top + 1
@@ -342,9 +354,8 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
             b = tb[n]
             gen += 1
             c = 0
-            ps = seed[d - 1]
-            if ps >= 0:
-                ns = trans[ps, b]
+            if seed[d - 1] >= 0:
+                ns = trans[seed[d - 1], b]
                 if ns >= 0 and live[ns]:
                     mark[ns] = gen
                     sets[d, 0] = ns
@@ -357,7 +368,7 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                     c += 1
             cnt[d] = c
             if ri < n_roots and roots[ri] == n:
-                seed[d] = root_states[ri]
+                seed[d] = 0
                 ri += 1
             else:
                 seed[d] = -1
@@ -376,7 +387,10 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                 for j in range(c):
                     st = sets[d, j]
                     r = sidx[st]
-                    if r < 0 and n_used < srows.shape[0]:
+                    if r < 0:
+                        if n_used == srows.shape[0]:
+                            status = 2
+                            break
                         r = sidx[st] = n_used
                         used[n_used] = st
                         n_used += 1
@@ -384,39 +398,33 @@ def walk_terminals(trans, alive_ptr, alive_terms, live, slot, accepts, roots, ro
                             srows[r, w] = 0
                     for k in range(tok_ptr[n], tok_ptr[n + 1]):
                         tok = tok_ids[k]
-                        w = tok >> 5
-                        bit = np.uint32(1) << np.uint32(tok & 31)
-                        if r >= 0:
-                            srows[r, w] |= bit
-                        else:
-                            for a in range(alive_ptr[st], alive_ptr[st + 1]):
-                                i = slot[alive_terms[a]]
-                                if i >= 0:
-                                    rows[i, w] |= bit
+                        srows[r, tok >> 5] |= np.uint32(1) << np.uint32(tok & 31)
+                if status:
+                    break
             if c > 0 and tend[n] > n + 1 and not (
                     prune and pre[tok_ptr[tend[n]]] == pre[tok_ptr[n + 1]]):
                 for j in range(c):
                     st = sets[d, j]
                     if accepts[st]:
                         if nb == cap:
-                            return -1
+                            status = 1
+                            break
                         bnodes[nb] = n
                         bstates[nb] = st
                         nb += 1
+                if status:
+                    break
             n += 1
     for r in range(n_used):
-        st = used[r]
-        for a in range(alive_ptr[st], alive_ptr[st + 1]):
-            i = slot[alive_terms[a]]
-            if i >= 0:
-                for w in range(words):
-                    rows[i, w] |= srows[r, w]
-    return nb
+        sidx[used[r]] = -1
+    counts[0] = n_used
+    counts[1] = nb
+    return status
 
 
 @njit(cache=True, nogil=True)
 def split_ends(bnodes, bstates, accept_ptr, accept_terms, slot, n_wanted):
-    """Group the nodes recorded by :func:`walk_terminals` by wanted terminal. Returns
+    """Group the nodes recorded by :func:`walk_states` by wanted terminal. Returns
     ``(stop, start, nodes)``: the nodes where the terminal in slot ``i`` accepts are
     ``nodes[start[i]:stop[i]]``, in node order, each once."""
     counts = np.zeros(n_wanted + 1, dtype=np.int64)

@@ -235,6 +235,39 @@ def test_masks_of_tokens_that_glue_lexemes_stay_exact():
     assert compared > 20_000
 
 
+def test_follow_sets_are_the_adjacent_terminal_pairs_of_sentences():
+    """follow_terminals against the terminal pairs that sit side by side in the sentences of a
+    small grammar (nullable rules, left and right recursion), enumerated breadth-first: every
+    pair seen is in the sets, and every pair of the sets is seen."""
+    from grammars.cfg import follow_terminals, rules_to_cfg
+
+    g = Grammar.from_lark("""
+        start: a b? c
+        a: "x" | a "y" | "(" start ")"
+        b: ("z" | "w")*
+        c: | "q" c
+    """)
+    cfg = rules_to_cfg(g.rules)
+    follow = follow_terminals(cfg)
+    seen = [0] * len(cfg.terminals)
+    todo = [(~cfg.start,)]
+    done = 0
+    while todo and done < 20_000:
+        form = todo.pop(0)
+        done += 1
+        i = next((k for k, x in enumerate(form) if x < 0), None)
+        if i is None:
+            for u, v in zip(form, form[1:]):
+                seen[u] |= 1 << v
+            continue
+        if len([x for x in form if x >= 0]) > 6:
+            continue
+        for p in cfg.by_lhs[~form[i]]:
+            todo.append(form[:i] + cfg.productions[p].rhs + form[i + 1:])
+    assert seen == follow
+    assert any(follow)
+
+
 def test_left_recursion_ambiguity_and_nullable_rules(byte_vocab):
     g = Grammar.from_lark("""
         start: e
