@@ -96,6 +96,7 @@ class CfgCompiledGrammar:
         default_factory=dict, repr=False)
     _subtrees: dict[tuple, tuple[np.ndarray, int]] = field(default_factory=dict, repr=False)
     _need: dict[tuple, int] = field(default_factory=dict, repr=False)
+    _pure_scans: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict, repr=False)
     _set_ids: dict[bytes, int] = field(default_factory=dict, repr=False)
     _sets: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -393,7 +394,7 @@ class CfgCompiledGrammar:
         if not crossing:
             out |= row
             return _NO_IDS
-        ck = (col.core(), key)
+        ck = (col.signature(0), key)
         need = self._need.get(ck, 0)
         if need >= 0:
             hit = self._subtrees.get((col.signature(need), key))
@@ -420,14 +421,36 @@ class CfgCompiledGrammar:
 
     def _crossing_into(self, col: Column, crossing: list[tuple[int, int]], out: np.ndarray,
                        row: np.ndarray) -> set[int]:
-        """``_fill_from``'s body: ``row`` and the tokens that cross into the next lexemes."""
+        """``_fill_from``'s body: ``row`` and the tokens that cross into the next lexemes.
+
+        The column after a crossing terminal is built only when needed: a scan that completes
+        no item started before ``col`` gives a column whose core and expected terminals depend
+        on ``col``'s core alone, remembered per ``(core, terminal)`` (``_pure_scans``); when the
+        rows below it then need no further crossing, or are kept for that core, no Earley step
+        is taken."""
         out |= row
         outside: set[int] = set()
+        c0 = col.signature(0)
         for t, ends in crossing:
+            hit = self._pure_scans.get((c0, t))
+            if hit is not None:
+                core2, expected2 = hit
+                row2, crossing2 = self.level(ends, expected2)
+                if not crossing2:
+                    out |= row2
+                    continue
+                if self._need.get((core2, ends), 0) == 0:
+                    kept = self._subtrees.get((core2, ends))
+                    if kept is not None:
+                        out |= kept[0]
+                        continue
             nxt = col.scan(t)
             if nxt is None:
                 continue
-            outside |= col.pops(t)
+            pops = col.pops(t)
+            if not pops:
+                self._pure_scans[(c0, t)] = (nxt.signature(0), nxt.expected)
+            outside |= pops
             below = self._fill_from(nxt, ends, out)
             if below:
                 outside |= below
