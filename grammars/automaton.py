@@ -23,9 +23,10 @@ import numpy as np
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Lit, Node, Rules
 from grammars.nfabuild import NotRegularError, build_nfa, flatten
-from grammars.subset import TooManyStates, hash_weights, subset_construction
+from grammars.subset import FlatNfa, TooManyStates, hash_weights, subset_construction
 
-__all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "dfa_of", "minimize", "product"]
+__all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "build_dfas", "dfa_of",
+           "minimize", "product"]
 
 DEFAULT_MAX_STATES = 200_000
 
@@ -116,6 +117,24 @@ def build_dfa(rules: Rules, *, max_states: int = DEFAULT_MAX_STATES) -> Dfa:
     """Subset construction of the grammar's start rule. Raises NotRegularError if recursive,
     EmptyLanguageError if it matches nothing, GrammarTooLargeError past ``max_states``."""
     nfa, start = build_nfa(flatten(rules), max_states=8 * max_states)
+    return _dfa_of_nfa(nfa, start, max_states)
+
+
+def build_dfas(rules: Rules, nodes: list[Node], *,
+               max_states: int = DEFAULT_MAX_STATES) -> list[Dfa]:
+    """The DFA of each of ``nodes`` (whose references resolve in ``rules``), as
+    :func:`build_dfa` would give it, with one flattening of the node graph for all (a
+    grammar's terminals share most of their nodes: the ``%ignore`` prefix, the literals)."""
+    prog = flatten(rules, nodes)
+    out = []
+    for top in prog.roots:
+        nfa, start = build_nfa(prog, max_states=8 * max_states, top=top)
+        out.append(_dfa_of_nfa(nfa, start, max_states))
+    return out
+
+
+def _dfa_of_nfa(nfa: FlatNfa, start: int, max_states: int) -> Dfa:
+    """The trimmed, minimized DFA of ``nfa`` from ``start`` (accepting in state 0)."""
     try:
         trans, cls, accepting = subset_construction(nfa, start, max_states=max_states,
                                                     check=check_deadline)

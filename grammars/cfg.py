@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grammars.automaton import DEFAULT_MAX_STATES, Dfa, build_dfa
+from grammars.automaton import DEFAULT_MAX_STATES, Dfa, build_dfas
 from grammars.errors import EmptyLanguageError
 from grammars.ir import Alt, Node, Ref, Repeat, Rules, Seq, seq
 
 __all__ = ["Cfg", "Production", "follow_terminals", "rules_to_cfg"]
+
+_RUN = 1 << 40  # placeholder symbols of regular runs while rules are lowered
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class _Lowering:
         self.clean = {k: v for k, v in self.rules.items() if k not in self.recursive}
         self._lowered: dict[int, list[int]] = {}  # id(node) -> its symbols (nodes live in rules)
         self._run_symbols: dict[tuple[int, ...], list[int]] = {}
+        self.runs: list[Node] = []  # regular runs, placeholder symbol _RUN + index
 
     # -- symbols --
     def nonterminal(self, name: str) -> int:
@@ -100,10 +103,15 @@ class _Lowering:
     def add(self, lhs: int, rhs: list[int]) -> None:
         self.productions.append(Production(~lhs, tuple(rhs)))
 
-    def terminal_symbols(self, node: Node) -> list[int]:
-        """Symbols for a regular node: [T], [] (only the empty string), or [helper -> T | ε]."""
-        name = "__cfg_terminal__"
-        dfa = build_dfa(Rules({**self.clean, name: node}, name), max_states=self.max_states)
+    def run_symbol(self, node: Node) -> int:
+        """A placeholder symbol for a regular node, replaced once every run's DFA is built
+        (:meth:`terminal_symbols`)."""
+        self.runs.append(node)
+        return _RUN + len(self.runs) - 1
+
+    def terminal_symbols(self, dfa: Dfa) -> list[int]:
+        """Symbols for a regular run's DFA: [T], [] (only the empty string), or
+        [helper -> T | ε]."""
         if not dfa.accepting[0]:
             return [self._terminal(dfa)]
         if not (dfa.trans >= 0).any():
@@ -113,6 +121,15 @@ class _Lowering:
         self.add(h, [t])
         self.add(h, [])
         return [h]
+
+    def resolve_runs(self) -> None:
+        """Build the DFAs of every run at once and put their symbols in the productions."""
+        dfas = build_dfas(Rules(self.clean, "__none__"), self.runs, max_states=self.max_states)
+        syms = [self.terminal_symbols(d) for d in dfas]
+        self.productions = [
+            p if not any(x >= _RUN for x in p.rhs) else Production(p.lhs, tuple(
+                y for x in p.rhs for y in (syms[x - _RUN] if x >= _RUN else (x,))))
+            for p in self.productions]
 
     def _terminal(self, dfa: Dfa) -> int:
         key = dfa.trans.tobytes() + dfa.accepting.tobytes()
@@ -148,7 +165,7 @@ class _Lowering:
                 key = tuple(id(x) for x in run)
                 syms = self._run_symbols.get(key)
                 if syms is None:
-                    syms = self._run_symbols[key] = self.terminal_symbols(seq(*run))
+                    syms = self._run_symbols[key] = [self.run_symbol(seq(*run))]
                 out.extend(syms)
                 run.clear()
 
@@ -221,6 +238,7 @@ class _Lowering:
                         nm = self.names[~sym]
                         if nm in self.rules and nm not in done:
                             todo.append(nm)
+        self.resolve_runs()
         return _trim(Cfg(self.terminals, self.productions, ~s, self.names))
 
 

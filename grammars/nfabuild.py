@@ -15,6 +15,7 @@ whose state 0 is the final state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +64,13 @@ class Program:
     auto: np.ndarray
     rule_body: np.ndarray
     rule_names: tuple[str, ...]
+    roots: tuple[int, ...] = ()
 
 
-def flatten(rules: Rules) -> Program:
-    """The node graph reachable from the start rule as a :class:`Program` (each node object
-    once; node 0 is ``Ref(rules.start)``)."""
+def flatten(rules: Rules, roots: Sequence[Node] = ()) -> Program:
+    """The node graph reachable from the start rule, and from the extra ``roots``, as a
+    :class:`Program` (each node object once; node 0 is ``Ref(rules.start)``, the roots' nodes
+    are ``Program.roots``)."""
     ids: dict[int, int] = {}
     kind: list[int] = []
     fields: list[int] = []  # five per node
@@ -125,6 +128,7 @@ def flatten(rules: Rules) -> Program:
 
     root = Ref(rules.start)  # kept alive while ids are in use
     node(root)  # node 0
+    extra = tuple(node(r) for r in roots)
     bodies: list[int] = []
     while len(bodies) < len(names):  # rule bodies, including rules first referenced by a body
         name = names[len(bodies)]
@@ -140,6 +144,7 @@ def flatten(rules: Rules) -> Program:
         auto=np.concatenate(autos).astype(np.int64) if autos else np.zeros(0, dtype=np.int64),
         rule_body=np.array(bodies, dtype=np.int64),
         rule_names=tuple(names),
+        roots=extra,
     )
 
 
@@ -160,8 +165,9 @@ def _automaton_edges(n: Automaton) -> tuple[np.ndarray, np.ndarray]:
     return quads.astype(np.int64), np.flatnonzero(np.asarray(n.accepting)).astype(np.int64)
 
 
-def build_nfa(prog: Program, *, max_states: int) -> tuple[FlatNfa, int]:
-    """The NFA of the program's start node before the final state 0, and its start state.
+def build_nfa(prog: Program, *, max_states: int, top: int = 0) -> tuple[FlatNfa, int]:
+    """The NFA of the program's node ``top`` (default: the start) before the final state 0,
+    and its start state.
 
     Raises :class:`NotRegularError` for recursion other than right-linear,
     ``InvalidGrammarError`` for a reference to an undefined rule and ``GrammarTooLargeError``
@@ -171,7 +177,7 @@ def build_nfa(prog: Program, *, max_states: int) -> tuple[FlatNfa, int]:
         eps = np.empty(cap_eps, dtype=np.int32)
         edges = np.empty(cap_edges, dtype=np.int32)
         cnt = np.zeros(5, dtype=np.int64)
-        start = _build_all(0, prog.kind, prog.f, prog.data, prog.ints, prog.auto,
+        start = _build_all(top, prog.kind, prog.f, prog.data, prog.ints, prog.auto,
                            prog.rule_body, eps, edges, cnt, max_states)
         err = int(cnt[3])
         if err == _OK:

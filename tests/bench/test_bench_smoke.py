@@ -284,3 +284,22 @@ def test_jsonschemabench_runner_resumes_and_summarizes(tmp_path, smollm2_tokeniz
     assert summary["engines"]["ours"]["fallback"] == sum(bool(r.get("fallback")) for r in lines)
     assert Path(f"{out}.md").read_text().count("| ours |") == 1
     assert Path(f"{out}.png").stat().st_size > 0
+
+
+@pytest.mark.model
+def test_cfg_bench_walks_every_corpus_string_and_writes_results(tmp_path):
+    """bench/cfg.py with our engine alone: every token of every corpus string is in the mask
+    before it is accepted and EOS at the end (the walk raises otherwise), compiles are timed
+    after one untimed first compile, and the JSON and markdown results are written."""
+    from bench import cfg as cfg_bench
+
+    assert cfg_bench.main(["--engines", "ours", "--compile-runs", "2", "--out-dir",
+                           str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "cfg.json").read_text())["results"]
+    for grammar in ("json", "sql"):
+        ours = out[grammar]["ours"]
+        assert len(ours["compile_ms"]) == 2 and ours["first_compile_ms"] > 0
+        assert ours["walk"]["steps"] == out[grammar]["tokens"] + out[grammar]["strings"]
+        assert ours["walk_warm"]["steps"] == ours["walk"]["steps"]
+    table = (tmp_path / "cfg.md").read_text()
+    assert "| sql | ours |" in table and "| json | ours |" in table

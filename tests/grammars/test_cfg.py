@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import jsonschema
@@ -257,7 +258,7 @@ def test_follow_sets_are_the_adjacent_terminal_pairs_of_sentences():
         done += 1
         i = next((k for k, x in enumerate(form) if x < 0), None)
         if i is None:
-            for u, v in zip(form, form[1:]):
+            for u, v in itertools.pairwise(form):
                 seen[u] |= 1 << v
             continue
         if len([x for x in form if x >= 0]) > 6:
