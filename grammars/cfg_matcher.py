@@ -48,6 +48,7 @@ from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
 from grammars.lexer import Lexer, bit_list, bitset_words
 from grammars.tokenwalk import (
+    SERIAL_ROWS,
     accept_nodes,
     accepts_inside,
     outside_prefix,
@@ -74,8 +75,10 @@ MAX_CONTEXT_DEPTH = 6
 #: A byte that would leave more live (column, lexer state) pairs raises GrammarTooLargeError.
 MAX_HYPOTHESES = 4096
 
-#: Grammars with at most this many terminal DFA states (all terminals) get every row at compile
-#: time (one parallel trie walk: SQL's 306 states ~10 ms); larger ones compute rows on first use.
+#: Grammars whose terminals have more DFA states than the serial-walk limit and at most this many
+#: get every row at compile time, in one parallel trie walk (SQL's 306 states: ~12 ms at compile,
+#: cold mask p99 1.8 -> 1.5 ms); the others compute rows on first use (a small grammar's rows
+#: take microseconds each: the JSON grammar's 68 would add 0.3 ms to a 6 ms compile).
 EAGER_TERMINAL_STATES = 2048
 
 _WARM: list[bool] = []  # the trie-walk kernels are loaded in this process
@@ -118,7 +121,7 @@ class CfgCompiledGrammar:
         self._stacked_accepting = np.concatenate(
             [d.accepting for d in terms] + [np.zeros(0, dtype=bool)])
         n_term_states = len(self._stacked)
-        self._loops = string_loop_states(self._stacked)
+        self._loops: np.ndarray | None = None  # string_loop_states of the table, on first use
         self._term_rows = np.zeros((n_term_states, self.words), dtype=np.uint32)
         self._term_done = np.zeros(n_term_states, dtype=bool)
         self._term_ends: list[int | None | bool] = [False] * n_term_states  # False: not yet
@@ -188,6 +191,8 @@ class CfgCompiledGrammar:
         todo = np.flatnonzero(~self._term_done) if states is None else np.asarray(states)
         todo = todo[~self._term_done[todo]]
         if len(todo):
+            if self._loops is None:
+                self._loops = string_loop_states(self._stacked)
             dfa_token_rows(self._stacked, todo, self.vocab, self._loops, self._term_rows)
             self._term_done[todo] = True
 
@@ -277,8 +282,7 @@ class CfgCompiledGrammar:
                        self._stack)
         accept_nodes(self._stacked, self._stacked_accepting, 0, trie.byte, trie.depth, trie.end,
                      trie.tok_ptr, self._pre, self._stack, self._nodes_out)
-        dfa_token_rows(self._stacked, np.zeros(0, dtype=np.int64), self.vocab, self._loops,
-                       self._term_rows)
+        self.compute_terminal_rows(np.zeros(1, dtype=np.int64))
         no_roots = np.zeros(0, dtype=np.int64)
         for prune in (False, True):
             self._walk_kernel(no_roots, self._accepts_any, self._accepts_any, prune)
@@ -589,7 +593,7 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     start_column(cfg)
     out = CfgCompiledGrammar(grammar, vocab, cfg, lexer)
     if cfg.terminals:
-        if len(out._stacked) <= EAGER_TERMINAL_STATES:
+        if SERIAL_ROWS < len(out._stacked) <= EAGER_TERMINAL_STATES:
             out.compute_terminal_rows()
         out.warm_up()
     out.compile_seconds = time.perf_counter() - t0

@@ -6,8 +6,8 @@ it records, as bitsets over terminals, which terminals are still *alive* (can st
 and which *accept* here, and each terminal's own DFA state (``components``). State 0 is the
 start of a lexeme (no terminal accepts the empty string).
 
-The per-state alive and accepting terminals are also kept as uint64 words and as lists
-(``alive_ptr``/``alive_terms``, CSR) for the token-trie walk
+The per-state alive and accepting terminals are also kept as uint64 words, and the accepting
+ones as lists (``accept_ptr``/``accept_terms``, CSR), for the token-trie walk
 (:func:`grammars.tokenwalk.walk_states`).
 """
 
@@ -27,38 +27,23 @@ __all__ = ["Lexer", "bit_list", "bitset_words", "build_lexer"]
 
 @dataclass(eq=False)
 class Lexer:
-    """Product DFA of the terminals (see the module docstring)."""
+    """Product DFA of the terminals (see the module docstring). Made by :func:`build_lexer`,
+    which derives every per-state form of the alive and accepting terminals at once."""
 
     trans: np.ndarray  # int32 (n, 256), -1 dead
     alive: list[int]  # per state: bitset of terminals still alive
     accepts: list[int]  # per state: bitset of terminals accepting
     n_terminals: int
     #: int32 (n, terminals): each terminal's own DFA state in this lexer state (-1: dead)
-    components: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    accept_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    alive_words: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    alive_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    alive_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    accept_ptr: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-    accept_terms: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.accept_words = bitset_words(self.accepts, self.n_terminals)
-        self.alive_words = bitset_words(self.alive, self.n_terminals)
-        self.alive_ptr, self.alive_terms = _csr(self.alive)
-        self.accept_ptr, self.accept_terms = _csr(self.accepts)
+    components: np.ndarray = field(repr=False)
+    alive_words: np.ndarray = field(repr=False)  # uint64 (n, words): ``alive`` as words
+    accept_words: np.ndarray = field(repr=False)  # uint64 (n, words): ``accepts`` as words
+    accept_ptr: np.ndarray = field(repr=False)  # CSR of ``accepts``: the terminals accepting
+    accept_terms: np.ndarray = field(repr=False)  # in state s are terms[ptr[s]:ptr[s + 1]]
 
     @property
     def n_states(self) -> int:
         return int(self.trans.shape[0])
-
-
-def _csr(bitsets: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-state bitsets as lists: the members of state ``s`` are ``terms[ptr[s]:ptr[s + 1]]``."""
-    lists = [bit_list(b) for b in bitsets]
-    ptr = np.zeros(len(lists) + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum([len(x) for x in lists])
-    return ptr, np.array([t for x in lists for t in x], dtype=np.int32)
 
 
 def bit_list(x: int) -> list[int]:
@@ -80,6 +65,15 @@ def bitset_words(bitsets: list[int], n: int) -> np.ndarray:
         for k in range(w):
             out[i, k] = (b >> (64 * k)) & mask
     return out
+
+
+def _flag_words(flags: np.ndarray) -> np.ndarray:
+    """Rows of a bool (n, k) array as (n, ceil(k/64)) uint64 words (bit t = column t)."""
+    n, k = flags.shape
+    w = max(1, (k + 63) // 64)
+    padded = np.zeros((n, 64 * w), dtype=bool)
+    padded[:, :k] = flags
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 _DONE, _GROW, _LIMIT = 0, 1, 2
@@ -216,7 +210,14 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
     components[owner, term_of[members]] = members - offs[term_of[members]]
     accept = np.zeros((n, k), dtype=bool)
     accept[owner, term_of[members]] = accepting[members]
-    return Lexer(trans, _bitsets(components >= 0), _bitsets(accept), k, components)
+    alive = components >= 0
+    counts = accept.sum(axis=1)
+    accept_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=accept_ptr[1:])
+    return Lexer(trans, _bitsets(alive), _bitsets(accept), k, components,
+                 alive_words=_flag_words(alive), accept_words=_flag_words(accept),
+                 accept_ptr=accept_ptr,
+                 accept_terms=np.nonzero(accept)[1].astype(np.int32))
 
 
 def _bitsets(flags: np.ndarray) -> list[int]:

@@ -123,7 +123,7 @@ def _fill_rows_serial(trans, states, whole, direct, plain_mask, first_mask, firs
 # launching the parallel region costs ~0.2-0.3 ms (workqueue layer): a few rows go serially
 # (measured: the 68 terminal states of the JSON grammar 0.17 ms serially, 0.42 in parallel;
 # SQL's 306, 22 against 16 ms; JSON Schema DFAs broke even at a few hundred states)
-_SERIAL_ROWS = 128
+SERIAL_ROWS = 128
 
 
 def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: np.ndarray,
@@ -143,7 +143,7 @@ def fill_rows(trans: np.ndarray, states: np.ndarray, whole: np.ndarray, direct: 
             first_ids, trie.byte, trie.depth, trie.end, trie.tok_ptr, trie.tok_ids, trie.first,
             other_trie.byte, other_trie.depth, other_trie.end, other_trie.tok_ptr,
             other_trie.tok_ids, other_trie.first, out, depth)
-    if len(states) <= _SERIAL_ROWS:
+    if len(states) <= SERIAL_ROWS:
         _fill_rows_serial(*args)
         return
     with _PARALLEL_LOCK:

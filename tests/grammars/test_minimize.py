@@ -144,6 +144,11 @@ def test_the_lexer_runs_every_terminal_at_once(seed: int) -> None:
             alive = sum(1 << i for i, s in enumerate(states) if s >= 0)
             acc = sum(1 << i for i, s in enumerate(states) if s >= 0 and terms[i].accepting[s])
             assert lx.alive[q] == alive and lx.accepts[q] == acc, word
+    for q in range(lx.n_states):  # the other forms of the same bitsets
+        for words, bits in ((lx.alive_words, lx.alive[q]), (lx.accept_words, lx.accepts[q])):
+            assert sum(int(w) << (64 * i) for i, w in enumerate(words[q])) == bits
+        terms = lx.accept_terms[lx.accept_ptr[q]:lx.accept_ptr[q + 1]].tolist()
+        assert sum(1 << t for t in terms) == lx.accepts[q] and terms == sorted(set(terms))
 
 
 @pytest.mark.parametrize("seed", range(4))
