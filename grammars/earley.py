@@ -201,15 +201,24 @@ class Column:
         sigs = self._sigs
         if sigs is None:
             sigs = self._sigs = []
+        elif depth < len(sigs):
+            return sigs[depth]
         table = self.g._earley_signatures  # type: ignore[attr-defined]
         while len(sigs) <= depth:
             d = len(sigs)  # building the signature of depth d
             if d == 0:
                 key: tuple = self.core()
             else:
-                key = (id(self.predicted), frozenset(
-                    (p, dot, o.signature(d - 1))
-                    for lst in self.waiting.values() for p, dot, o in lst))
+                # items share few origins: each origin's signature is looked up once
+                of: dict[int, int] = {}
+                items = []
+                for lst in self.waiting.values():
+                    for p, dot, o in lst:
+                        osig = of.get(id(o))
+                        if osig is None:
+                            osig = of[id(o)] = o.signature(d - 1)
+                        items.append((p, dot, osig))
+                key = (id(self.predicted), frozenset(items))
             sid = table.get(key)
             if sid is None:
                 sid = table[key] = len(table)
@@ -292,24 +301,22 @@ class Column:
         predicted (in bulk, :class:`_Predicted`); completed items advance their origins' items.
         Returns the ids of the origins of the completed items."""
         g = self.g
-        prods = g.productions
+        rhss = g._earley_rhs  # type: ignore[attr-defined]
+        lhss = g._earley_lhs  # type: ignore[attr-defined]
         nullable = g.nullable
-        seen: set[tuple[int, int, int]] = set()
-        completed: set[tuple[int, int]] = set()  # (nonterminal, id(origin)) completed here
+        # items are (production, dot, origin) tuples; origins compare by identity, so the
+        # tuples themselves are the keys
+        seen: set[tuple[int, int, Column]] = set(kernel)
+        completed: set[tuple[int, Column]] = set()  # (nonterminal, origin) completed here
         popped: set[int] = set()
         predicted: set[int] = set()
-        agenda: list[tuple[int, int, Column]] = []
-        for item in kernel:
-            key = (item[0], item[1], id(item[2]))
-            if key not in seen:
-                seen.add(key)
-                agenda.append(item)
+        agenda = list(seen) if len(seen) < len(kernel) else list(kernel)
         waiting = self.waiting
         expected = 0
         while agenda:
             item = agenda.pop()
             p, dot, origin = item
-            rhs = prods[p].rhs
+            rhs = rhss[p]
             if dot < len(rhs):
                 sym = rhs[dot]
                 lst = waiting.get(sym)
@@ -324,24 +331,22 @@ class Column:
                 if nt not in predicted:
                     predicted |= _prediction_closure(g, nt)
                 if nullable[nt]:
-                    key = (p, dot + 1, id(origin))
-                    if key not in seen:
-                        seen.add(key)
-                        agenda.append((p, dot + 1, origin))
+                    nxt = (p, dot + 1, origin)
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        agenda.append(nxt)
                 continue
-            lhs = prods[p].lhs
-            done_key = (lhs, id(origin))
+            done_key = (lhss[p], origin)
             if done_key in completed:
                 continue
             completed.add(done_key)
             popped.add(id(origin))
-            cas, advanced, bulk = origin._completion(lhs)
+            cas, advanced, bulk = origin._completion(done_key[0])
             if cas.accepts and origin is root:
                 self.accepting = True
             for w in advanced:  # the items started before the origin advance one by one
-                key = (w[0], w[1], id(w[2]))
-                if key not in seen:
-                    seen.add(key)
+                if w not in seen:
+                    seen.add(w)
                     agenda.append(w)
             if bulk:  # the items started at the origin advance in bulk
                 for sym, items in bulk:
@@ -418,6 +423,8 @@ def start_column(g: Cfg) -> Column:
         g._earley_predicted = {}  # type: ignore[attr-defined]
         g._earley_cascades = {}  # type: ignore[attr-defined]
         g._earley_signatures = {}  # type: ignore[attr-defined]
+        g._earley_rhs = [p.rhs for p in g.productions]  # type: ignore[attr-defined]
+        g._earley_lhs = [p.lhs for p in g.productions]  # type: ignore[attr-defined]
         root = Column(g, 0)
         g._earley_root = root  # type: ignore[attr-defined]
         g._earley_intern = weakref.WeakValueDictionary()  # type: ignore[attr-defined]
