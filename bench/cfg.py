@@ -19,12 +19,16 @@ whitespace spelled out). All on SmolLM2's tokenizer, in one process, one run.
   that. A second walk over the same strings with the same compiled grammar ("warm") is reported
   for every engine too. Each walk starts after ``gc.collect()`` (garbage from compiles or the
   previous engine is not charged to it); the collector stays on during the walk, so pauses the
-  walk's own allocations cause are counted.
+  walk's own allocations cause are counted. This is done ``--walk-runs`` times (default 3), each
+  after a fresh compile (ours with its caches cleared), and each statistic reported is the median
+  of the runs' (a p99 of a few hundred steps is one of the five slowest: one noisy moment on a
+  shared machine moves it); every run's statistics are in the JSON.
 
 Corpora: JSON, 24 documents drawn at random (seeded; nested objects and arrays, strings, numbers,
 literals), half compact and half indented; SQL, 16 hand-written queries in the subset.
 
-    python -m bench.cfg [--compile-runs 5] [--out-dir bench/results]
+    python -m bench.cfg [--compile-runs 5] [--walk-runs 3] [--engines ours,llguidance,xgrammar]
+                        [--out-dir bench/results]
 """
 
 from __future__ import annotations
@@ -243,9 +247,16 @@ def _stats(times: list[float]) -> dict[str, float]:
             "steps": len(us)}
 
 
+def _median_stats(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per statistic, the median over the runs (each run's own mean, p99, ...)."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compile-runs", type=int, default=5)
+    p.add_argument("--walk-runs", type=int, default=3,
+                   help="cold walks, each after a fresh compile (the median of each statistic)")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -274,19 +285,26 @@ def main(argv: list[str] | None = None) -> int:
                 e.matcher(compiled)
                 compiles.append(time.perf_counter() - t0)
             first, compiles = compiles[0], compiles[1:]
-            compiled = e.compile(grammar)
-            cold = _walk(e, compiled, ids, eos)
-            warm = _walk(e, compiled, ids, eos)
+            runs = []
+            for _ in range(args.walk_runs):
+                e.forget()
+                compiled = e.compile(grammar)
+                cold = _walk(e, compiled, ids, eos)
+                warm = _walk(e, compiled, ids, eos)
+                runs.append((_stats(cold), _stats(warm)))
             results[grammar][e.name] = {
                 "first_compile_ms": 1000 * first,
                 "compile_ms_median": 1000 * statistics.median(compiles),
                 "compile_ms": [1000 * c for c in compiles],
-                "walk": _stats(cold),
-                "walk_warm": _stats(warm),
+                "walk": _median_stats([c for c, _ in runs]),
+                "walk_warm": _median_stats([w for _, w in runs]),
+                "walk_runs": [c for c, _ in runs],
+                "walk_warm_runs": [w for _, w in runs],
             }
-            print(f"{grammar} {e.name}: compile {1000 * statistics.median(compiles):.1f} ms, "
-                  f"mask mean {_stats(cold)['mean_us']:.0f} us (warm {_stats(warm)['mean_us']:.0f})",
-                  file=sys.stderr, flush=True)
+            w = results[grammar][e.name]
+            print(f"{grammar} {e.name}: compile {w['compile_ms_median']:.1f} ms, mask mean "
+                  f"{w['walk']['mean_us']:.0f} us, p99 {w['walk']['p99_us']:.0f} (warm "
+                  f"{w['walk_warm']['mean_us']:.0f})", file=sys.stderr, flush=True)
     meta = {"command": "python -m bench.cfg " + " ".join(argv if argv is not None else sys.argv[1:]),
             "platform": platform.platform(),
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
@@ -294,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Context-free grammars: ours against llguidance and xgrammar (bench/cfg.py)", "",
         (f"Command: `{meta['command']}`. SmolLM2 tokenizer; one process, one run (load average "
         f"{meta['load_average']}). Mask times pool every step of the walk (fresh compile; caches "
-        "warm up during it), and of a second walk with the same compiled grammar (warm)."), "",
+        "warm up during it), and of a second walk with the same compiled grammar (warm); each "
+        "statistic is the median over the walk runs."), "",
         ("| grammar | engine | compile ms (median) | first compile ms | mask mean us | median | "
          "p99 | max | warm mean | warm p99 |"),
         "|---|---|---|---|---|---|---|---|---|---|",
