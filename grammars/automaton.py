@@ -63,8 +63,8 @@ _DEADLINE = threading.local()
 def deadline(seconds: float | None) -> Iterator[None]:
     """Within the block, automaton construction raises ``CompileTimeoutError`` once ``seconds``
     have passed (checked cooperatively in the NFA, subset and minimization loops). The first
-    time limit of a process first compiles the numba kernels (:func:`_warm_jit`)."""
-    _warm_jit()
+    time limit of a process first compiles the numba kernels (:func:`warm_jit`)."""
+    warm_jit()
     old = getattr(_DEADLINE, "at", None)
     _DEADLINE.at = None if seconds is None else time.perf_counter() + seconds
     if old is not None and _DEADLINE.at is not None:
@@ -80,7 +80,7 @@ def deadline(seconds: float | None) -> Iterator[None]:
 _JIT_READY: list[bool] = []
 
 
-def _warm_jit() -> None:
+def warm_jit() -> None:
     """Compile the numba kernels of DFA construction (or load them from numba's on-disk cache:
     compiling them takes seconds on a fresh checkout) by building a one-byte DFA, so that their
     compile time never counts against a grammar's time limit."""

@@ -1188,10 +1188,11 @@ def schema_to_grammar(
     any JSON value of the root's types, every keyword checked when its value completes); the
     seconds spent are in ``grammar.lowering_seconds`` (``compile`` counts them against its own
     time limit)."""
-    from grammars.automaton import deadline
+    from grammars.automaton import deadline, warm_jit
     from grammars.errors import CompileTimeoutError
     from grammars.json_semantic import SchemaChecks
 
+    warm_jit()  # numba's first compile of the DFA kernels (seconds) is not lowering time
     t0 = time.perf_counter()
     if whitespace not in ("compact", "flexible"):
         raise ValueError(f"whitespace must be 'compact' or 'flexible', got {whitespace!r}")
