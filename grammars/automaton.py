@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
-from grammars.ir import Lit, Node, Rules
+from grammars.ir import Alt, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
 from grammars.nfabuild import NotRegularError, build_nfa, flatten
 from grammars.subset import FlatNfa, TooManyStates, hash_weights, subset_construction
 
@@ -125,12 +125,39 @@ def build_dfas(rules: Rules, nodes: list[Node], *,
     """The DFA of each of ``nodes`` (whose references resolve in ``rules``), as
     :func:`build_dfa` would give it, with one flattening of the node graph for all (a
     grammar's terminals share most of their nodes: the ``%ignore`` prefix, the literals)."""
-    prog = flatten(rules, nodes)
-    out = []
+    # equal nodes built once (the same literal after the same %ignore, in several rules)
+    index: dict[object, int] = {}
+    unique: list[Node] = []
+    slot = []
+    for n in nodes:
+        k = _shape(n)
+        if k not in index:
+            index[k] = len(unique)
+            unique.append(n)
+        slot.append(index[k])
+    prog = flatten(rules, unique)
+    built = []
     for top in prog.roots:
         nfa, start = build_nfa(prog, max_states=8 * max_states, top=top)
-        out.append(_dfa_of_nfa(nfa, start, max_states))
-    return out
+        built.append(_dfa_of_nfa(nfa, start, max_states))
+    return [built[k] for k in slot]
+
+
+def _shape(n: Node) -> object:
+    """A key equal for nodes that match the same strings by construction: same literals, same
+    rule names, same structure (any other node: itself)."""
+    t = type(n)
+    if t is Lit:
+        return n.data  # type: ignore[attr-defined]
+    if t is Ref:
+        return ("ref", n.name)  # type: ignore[attr-defined]
+    if t is Seq or t is Alt:
+        return (t.__name__, *(_shape(x) for x in n.items))  # type: ignore[attr-defined]
+    if t is Repeat:
+        return ("repeat", _shape(n.item), n.lo, n.hi)  # type: ignore[attr-defined]
+    if t is Bytes:
+        return ("bytes", n.ranges)  # type: ignore[attr-defined]
+    return ("node", id(n))
 
 
 def _dfa_of_nfa(nfa: FlatNfa, start: int, max_states: int) -> Dfa:

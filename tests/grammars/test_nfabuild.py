@@ -188,3 +188,19 @@ def test_growing_buffers_and_state_limit():
     assert outcome(ours, big) == outcome(reference, big)
     with pytest.raises(GrammarTooLargeError, match="exceeds 1000 NFA states"):
         build_nfa(flatten(big), max_states=1000)
+
+
+def test_build_dfas_gives_each_node_its_own_dfa_and_builds_equal_nodes_once():
+    from grammars.automaton import build_dfa, build_dfas
+
+    ws = Repeat(Bytes(((9, 10), (32, 32))), 0, None)
+    rules = Rules({"W": ws, "N": Repeat(Bytes(((48, 57),)), 1, None)}, "W")
+    nodes = [Seq((Ref("W"), Lit(b","))), Seq((Ref("W"), Lit(b","))),  # equal, distinct objects
+             Seq((Ref("W"), Lit(b";"))), Seq((Ref("W"), Ref("N"))), Alt((Lit(b"a"), Ref("N"))),
+             Seq((Ref("W"), Repeat(Bytes(((48, 57),)), 1, None)))]  # N's body, not N itself
+    dfas = build_dfas(rules, nodes)
+    assert dfas[0] is dfas[1]
+    assert len({id(d) for d in dfas}) == len(nodes) - 1
+    for n, d in zip(nodes, dfas):
+        ref = build_dfa(Rules({**rules.rules, "__top": n}, "__top"))
+        assert np.array_equal(d.trans, ref.trans) and np.array_equal(d.accepting, ref.accepting)
