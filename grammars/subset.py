@@ -46,24 +46,49 @@ class FlatNfa:
     def from_lists(cls, n: int, eps: list[int], edges: list[int]) -> FlatNfa:
         """From flat Python lists: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
         ``(src, lo, hi, dst)``."""
-        return cls.from_arrays(n, np.array(eps, dtype=np.int64), np.array(edges, dtype=np.int64))
+        return cls.from_arrays(n, np.array(eps, dtype=np.int32), np.array(edges, dtype=np.int32))
 
     @classmethod
     def from_arrays(cls, n: int, eps: np.ndarray, edges: np.ndarray) -> FlatNfa:
-        """From flat integer arrays: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
-        ``(src, lo, hi, dst)``."""
-        e = eps.reshape(-1, 2)
-        q = edges.reshape(-1, 4)
-        eo = np.argsort(e[:, 0], kind="stable")
-        qo = np.argsort(q[:, 0], kind="stable")
-        eps_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(e[:, 0], minlength=n), out=eps_ptr[1:])
-        edge_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(q[:, 0], minlength=n), out=edge_ptr[1:])
-        q = q[qo]
-        return cls(n=n, eps_ptr=eps_ptr, eps_dst=e[eo, 1].astype(np.int32), edge_ptr=edge_ptr,
-                   edge_lo=q[:, 1].astype(np.int32), edge_hi=q[:, 2].astype(np.int32),
-                   edge_dst=q[:, 3].astype(np.int32))
+        """From flat int32 arrays: ``eps`` holds pairs ``(src, dst)``, ``edges`` quadruples
+        ``(src, lo, hi, dst)`` (each state's moves kept in their order)."""
+        eps_ptr, eps_dst, edge_ptr, edge_lo, edge_hi, edge_dst = _csr(
+            n, np.ascontiguousarray(eps, dtype=np.int32), np.ascontiguousarray(edges, dtype=np.int32))
+        return cls(n=n, eps_ptr=eps_ptr, eps_dst=eps_dst, edge_ptr=edge_ptr, edge_lo=edge_lo,
+                   edge_hi=edge_hi, edge_dst=edge_dst)
+
+
+@njit(cache=True, nogil=True)
+def _csr(n, eps, edges):  # pragma: no cover - numba
+    """Counting sort of the moves by source state (stable): pointers and columns."""
+    ne, nq = eps.shape[0] // 2, edges.shape[0] // 4
+    eps_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(ne):
+        eps_ptr[eps[2 * i] + 1] += 1
+    edge_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(nq):
+        edge_ptr[edges[4 * i] + 1] += 1
+    for s in range(n):
+        eps_ptr[s + 1] += eps_ptr[s]
+        edge_ptr[s + 1] += edge_ptr[s]
+    fill = eps_ptr[:n].copy()
+    eps_dst = np.empty(ne, dtype=np.int32)
+    for i in range(ne):
+        src = eps[2 * i]
+        eps_dst[fill[src]] = eps[2 * i + 1]
+        fill[src] += 1
+    fill = edge_ptr[:n].copy()
+    edge_lo = np.empty(nq, dtype=np.int32)
+    edge_hi = np.empty(nq, dtype=np.int32)
+    edge_dst = np.empty(nq, dtype=np.int32)
+    for i in range(nq):
+        src = edges[4 * i]
+        j = fill[src]
+        edge_lo[j] = edges[4 * i + 1]
+        edge_hi[j] = edges[4 * i + 2]
+        edge_dst[j] = edges[4 * i + 3]
+        fill[src] = j + 1
+    return eps_ptr, eps_dst, edge_ptr, edge_lo, edge_hi, edge_dst
 
 
 @njit(cache=True, nogil=True)
@@ -239,6 +264,71 @@ def subset_slice(eps_ptr, eps_dst, edge_ptr, edge_cl, edge_ch, edge_dst, importa
     return _DONE
 
 
+@njit(cache=True, nogil=True)
+def _prepare(eps_ptr, eps_dst, edge_ptr, edge_lo, edge_hi, raw_weights, start,
+             max_states):  # pragma: no cover - numba
+    """The arrays :func:`subset_construction` starts from, with DFA state 0 (the closure of
+    ``start``) stored (one call: building them with numpy took ~25 us of a small DFA's ~45)."""
+    n = eps_ptr.shape[0] - 1
+    important = np.zeros(n, dtype=np.bool_)
+    important[0] = True
+    for s in range(n):
+        if edge_ptr[s + 1] > edge_ptr[s]:
+            important[s] = True
+    # byte classes: a new class starts at every edge's lo and after every edge's hi
+    starts = np.zeros(257, dtype=np.bool_)
+    starts[0] = True
+    for e in range(edge_lo.shape[0]):
+        starts[edge_lo[e]] = True
+        starts[edge_hi[e] + 1] = True
+    cls = np.empty(256, dtype=np.int32)
+    c = -1
+    for b in range(256):
+        if starts[b]:
+            c += 1
+        cls[b] = c
+    edge_cl = np.empty(edge_lo.shape[0], dtype=np.int32)
+    edge_ch = np.empty(edge_lo.shape[0], dtype=np.int32)
+    for e in range(edge_lo.shape[0]):
+        edge_cl[e] = cls[edge_lo[e]]
+        edge_ch[e] = cls[edge_hi[e]]
+    weights = np.empty(n, dtype=np.uint64)
+    for x in range(n):
+        weights[x] = np.uint64(raw_weights[x]) * np.uint64(2) + np.uint64(1)  # odd
+    marks = np.zeros((2, n), dtype=np.int64)
+    stack = np.empty(n, dtype=np.int32)
+    closed = np.empty(n, dtype=np.int32)
+    seed = np.empty(1, dtype=np.int32)
+    seed[0] = start
+    m = _close(seed, eps_ptr, eps_dst, important, marks[0], 1, stack, closed)
+    # raw DFAs of JSON Schemas have ~n/6 states (Thompson NFAs are mostly chains): start there,
+    # never past the state limit, since growing the tables costs a copy of each
+    bits_n = 0
+    while (n // 4) >> bits_n:
+        bits_n += 1
+    bits_max = 0
+    while (max_states + 2) >> bits_max:
+        bits_max += 1
+    cap_sets = 1 << max(10, min(bits_n, bits_max))
+    cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
+    tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
+    hashes = np.zeros((2, cap_sets), dtype=np.uint64)
+    pools = np.empty((2, cap_pool), dtype=np.int32)
+    ptrs = np.zeros((2, cap_sets + 1), dtype=np.int64)
+    rows = np.empty((cap_sets, c + 1), dtype=np.int32)
+    pval = np.empty(cap_sets, dtype=np.int32)
+    accepting = np.zeros(cap_sets, dtype=np.bool_)
+    accepting[0] = marks[0, 0] == 1
+    first = closed[:m]
+    h = _hash(first, weights)
+    tables[0, np.int64(h & np.uint64(tables.shape[1] - 1))] = 0
+    hashes[0, 0] = h
+    pools[0, :m] = first
+    ptrs[0, 1] = m
+    return (important, cls, edge_cl, edge_ch, weights, marks, stack, closed, tables, hashes,
+            pools, ptrs, rows, pval, accepting)
+
+
 def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
                         check: Callable[[], None] | None = None,
                         slice_states: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,43 +339,10 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     ``slice_states`` DFA states (it may raise, e.g. past a time limit); raises
     :class:`TooManyStates` when the DFA would exceed ``max_states`` states."""
     n = nfa.n
-    important = np.zeros(n, dtype=np.bool_)
-    important[0] = True
-    important[np.diff(nfa.edge_ptr) > 0] = True
-    # byte classes: a new class starts at every edge's lo and after every edge's hi
-    starts = np.zeros(257, dtype=bool)
-    starts[0] = True
-    starts[nfa.edge_lo] = True
-    starts[nfa.edge_hi + 1] = True
-    cls = (np.cumsum(starts[:256]) - 1).astype(np.int32)
+    (important, cls, edge_cl, edge_ch, weights, marks, stack, closed, tables, hashes, pools, ptrs,
+     rows, pval, accepting) = _prepare(nfa.eps_ptr, nfa.eps_dst, nfa.edge_ptr, nfa.edge_lo,
+                                       nfa.edge_hi, hash_weights(n), start, max_states)
     n_cls = int(cls[-1]) + 1
-    edge_cl = cls[nfa.edge_lo]
-    edge_ch = cls[nfa.edge_hi]
-
-    weights = hash_weights(n).view(np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-    marks = np.zeros((2, n), dtype=np.int64)
-    stack = np.empty(n, dtype=np.int32)
-    closed = np.empty(n, dtype=np.int32)
-    m = _close(np.array([start], dtype=np.int32), nfa.eps_ptr, nfa.eps_dst, important, marks[0],
-               1, stack, closed)
-    # raw DFAs of JSON Schemas have ~n/6 states (Thompson NFAs are mostly chains): start there,
-    # never past the state limit, since growing the tables costs a copy of each
-    cap_sets = 1 << max(10, min((n // 4).bit_length(), (max_states + 2).bit_length()))
-    cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
-    tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
-    hashes = np.zeros((2, cap_sets), dtype=np.uint64)
-    pools = np.empty((2, cap_pool), dtype=np.int32)
-    ptrs = np.zeros((2, cap_sets + 1), dtype=np.int64)
-    rows = np.empty((cap_sets, n_cls), dtype=np.int32)
-    pval = np.empty(cap_sets, dtype=np.int32)
-    accepting = np.zeros(cap_sets, dtype=np.bool_)
-    first = closed[:m]
-    accepting[0] = bool(marks[0, 0] == 1)
-    h = np.uint64(_hash(first, weights))
-    tables[0, int(h & np.uint64(tables.shape[1] - 1))] = 0
-    hashes[0, 0] = h
-    pools[0, :m] = first
-    ptrs[0, 1] = m
     counts = np.array([0, 1, 0, 1], dtype=np.int64)  # next, DFA states, target sets, generation
     while True:
         status = subset_slice(nfa.eps_ptr, nfa.eps_dst, nfa.edge_ptr, edge_cl, edge_ch,
