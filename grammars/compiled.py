@@ -329,31 +329,35 @@ def compile(
 
 
 _KERNELS_READY: list[bool] = []
+_WARM_LOCK = threading.Lock()
 
 
 def warm_kernels() -> None:
     """Compile every numba kernel that compiling a grammar and filling its masks use (or load them
     from numba's on-disk cache), once per process, by compiling a small regular grammar and a
     small context-free one over the byte vocabulary with no time limit and filling their first
-    masks. On a fresh checkout this takes ~15 s of JIT compilation, which must neither count
+    masks. On a fresh checkout this takes ~20 s of JIT compilation, which must neither count
     against a grammar's time limit (it once pushed a small JSON Schema past it, onto its
-    fallback) nor show up as that grammar's compile time; with numba's cache it takes ~0.1 s."""
-    if _KERNELS_READY:
-        return
-    _KERNELS_READY.append(True)
-    import torch
+    fallback) nor show up as that grammar's compile time; with numba's cache it takes ~0.6 s.
+    Threads that compile at once wait for the first one's warm-up."""
+    with _WARM_LOCK:
+        if _KERNELS_READY:
+            return
+        import torch
 
-    vocab = Vocabulary.byte_level()
-    bitmask = torch.zeros(1, (vocab.size + 31) // 32, dtype=torch.int32)
-    # large enough that every table grows and token rows go parallel (over SERIAL_ROWS states)
-    for g in (Grammar.from_regex("a[0-9]{1,3}(b|cd)*"), Grammar.from_regex("a(b|cd)*x{0,200}"),
-              Grammar.from_lark('start: "(" start ")" | "a" start? | NUM | NAME\n'
-                                'NUM: /[0-9]+/\nNAME: /[a-z]{1,200}/')):
-        m = _compile(g, vocab, max_states=DEFAULT_MAX_STATES, eager_states=20_000, cache=False,
-                     timeout=None).matcher()
-        m.fill_next_token_bitmask(bitmask, 0)
-        m.accept_token(ord("a"))
-        m.fill_next_token_bitmask(bitmask, 0)
+        vocab = Vocabulary.byte_level()
+        bitmask = torch.zeros(1, (vocab.size + 31) // 32, dtype=torch.int32)
+        # one regular grammar under tokenwalk.SERIAL_ROWS states and one over (serial and
+        # parallel token rows), and tables large enough to grow
+        for g in (Grammar.from_regex("a[0-9]{1,3}(b|cd)*"), Grammar.from_regex("a(b|cd)*x{0,200}"),
+                  Grammar.from_lark('start: "(" start ")" | "a" start? | NUM | NAME\n'
+                                    'NUM: /[0-9]+/\nNAME: /[a-z]{1,200}/')):
+            m = _compile(g, vocab, max_states=DEFAULT_MAX_STATES, eager_states=20_000,
+                         cache=False, timeout=None).matcher()
+            m.fill_next_token_bitmask(bitmask, 0)
+            m.accept_token(ord("a"))
+            m.fill_next_token_bitmask(bitmask, 0)
+        _KERNELS_READY.append(True)
 
 
 def _compile(grammar: Grammar, vocab: Vocabulary, *, max_states: int, eager_states: int,
