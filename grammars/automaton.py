@@ -23,6 +23,8 @@ import numpy as np
 from grammars.errors import CompileTimeoutError, EmptyLanguageError, GrammarTooLargeError
 from grammars.ir import Alt, Bytes, Lit, Node, Ref, Repeat, Rules, Seq
 from grammars.nfabuild import NotRegularError, build_nfa, flatten
+from grammars.smalldfa import OK as SMALL_OK
+from grammars.smalldfa import small_dfas
 from grammars.subset import FlatNfa, TooManyStates, hash_weights, subset_construction
 
 __all__ = ["DEFAULT_MAX_STATES", "Dfa", "NotRegularError", "build_dfa", "build_dfas", "dfa_of",
@@ -136,8 +138,15 @@ def build_dfas(rules: Rules, nodes: list[Node], *,
             unique.append(n)
         slot.append(index[k])
     prog = flatten(rules, unique)
+    # small ones in one numba call; any other (large, empty, not regular) the general way
+    trans, accepting, offsets, status = small_dfas(prog, list(prog.roots), max_states=max_states)
+    check_deadline()
     built = []
-    for top in prog.roots:
+    for i, top in enumerate(prog.roots):
+        if status[i] == SMALL_OK:
+            a, b = offsets[i], offsets[i + 1]
+            built.append(Dfa(trans=trans[a:b], accepting=accepting[a:b]))
+            continue
         nfa, start = build_nfa(prog, max_states=8 * max_states, top=top)
         built.append(_dfa_of_nfa(nfa, start, max_states))
     return [built[k] for k in slot]

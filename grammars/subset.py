@@ -266,7 +266,7 @@ def subset_slice(eps_ptr, eps_dst, edge_ptr, edge_cl, edge_ch, edge_dst, importa
 
 @njit(cache=True, nogil=True)
 def _prepare(eps_ptr, eps_dst, edge_ptr, edge_lo, edge_hi, raw_weights, start,
-             max_states):  # pragma: no cover - numba
+             max_states, min_pool):  # pragma: no cover - numba
     """The arrays :func:`subset_construction` starts from, with DFA state 0 (the closure of
     ``start``) stored (one call: building them with numpy took ~25 us of a small DFA's ~45)."""
     n = eps_ptr.shape[0] - 1
@@ -310,7 +310,7 @@ def _prepare(eps_ptr, eps_dst, edge_ptr, edge_lo, edge_hi, raw_weights, start,
     while (max_states + 2) >> bits_max:
         bits_max += 1
     cap_sets = 1 << max(10, min(bits_n, bits_max))
-    cap_pool = max(1 << 16, 4 * m, 8 * cap_sets)
+    cap_pool = max(min_pool, 4 * m, 8 * cap_sets)
     tables = np.full((2, 2 * cap_sets), -1, dtype=np.int32)
     hashes = np.zeros((2, cap_sets), dtype=np.uint64)
     pools = np.empty((2, cap_pool), dtype=np.int32)
@@ -341,7 +341,7 @@ def subset_construction(nfa: FlatNfa, start: int, *, max_states: int,
     n = nfa.n
     (important, cls, edge_cl, edge_ch, weights, marks, stack, closed, tables, hashes, pools, ptrs,
      rows, pval, accepting) = _prepare(nfa.eps_ptr, nfa.eps_dst, nfa.edge_ptr, nfa.edge_lo,
-                                       nfa.edge_hi, hash_weights(n), start, max_states)
+                                       nfa.edge_hi, hash_weights(n), start, max_states, 1 << 16)
     n_cls = int(cls[-1]) + 1
     counts = np.array([0, 1, 0, 1], dtype=np.int64)  # next, DFA states, target sets, generation
     while True:
