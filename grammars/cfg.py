@@ -216,6 +216,7 @@ class _Lowering:
 
         visit(node)
         flush()
+        visit = None  # type: ignore[assignment]  # it refers to itself: break the cycle (no garbage)
         return out
 
     def lower(self, start: str) -> Cfg:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from lark import Token, Tree
+from lark.grammar import NonTerminal, Terminal
+
 from grammars.errors import EmptyLanguageError, InvalidGrammarError
 from grammars.grammar import Grammar
 from grammars.ir import Node, Ref, Rules, alt, lit, opt, repeat, seq, star
@@ -34,6 +37,8 @@ def _string_literal(tok: str) -> tuple[str, str]:
     """Lark string literal token text -> (value, flags)."""
     q = tok.rfind('"')
     body, flags = tok[: q + 1], tok[q + 1 :]
+    if "\\" not in body:
+        return body[1:-1], flags  # nothing to unescape (literal_eval costs a compile)
     try:
         value = ast.literal_eval(body)
     except (ValueError, SyntaxError):
@@ -53,9 +58,6 @@ class _Lowering:
         return seq(self.ign, node)
 
     def tree(self, t: Any, *, in_terminal: bool) -> Node:
-        from lark import Token, Tree
-        from lark.grammar import NonTerminal, Terminal
-
         if isinstance(t, NonTerminal):
             return Ref("r:" + t.name)
         if isinstance(t, Terminal):
@@ -259,4 +261,5 @@ def _nonempty(rules: dict[str, Node], start: str) -> bool:
         for k, n in rules.items():
             if not known[k] and ok(n):
                 known[k] = changed = True
+    ok = None  # type: ignore[assignment]  # it refers to itself: break the cycle (no garbage)
     return known[start]

@@ -161,7 +161,148 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
 
     The terminals' tables are stacked over the byte classes they share (bytes whose columns
     agree in every table), and a lexer state keeps only its live terminals: breadth-first, in
-    numba, in slices between which the compile deadline is checked."""
+    numba. A lexer of at most ``SMALL_LEXER_STATES`` states is built in one numba call
+    (:func:`_small_lexer`); a larger one in slices between which the compile deadline is
+    checked."""
+    k = len(terminals)
+    if k:
+        sizes = np.array([t.trans.shape[0] for t in terminals], dtype=np.int64)
+        small = _small_lexer(np.concatenate([t.trans for t in terminals]),
+                             np.concatenate([t.accepting for t in terminals]), sizes,
+                             hash_weights(int(sizes.sum())).view(np.uint64),
+                             min(max_states, SMALL_LEXER_STATES))
+        check_deadline()
+        if small[0]:
+            _, trans, components, alive_words, accept_words, accept_ptr, accept_terms = small
+            return Lexer(trans, _word_bitsets(alive_words), _word_bitsets(accept_words), k,
+                         components, alive_words=alive_words, accept_words=accept_words,
+                         accept_ptr=accept_ptr, accept_terms=accept_terms)
+    return _sliced_lexer(terminals, max_states=max_states)
+
+
+def _word_bitsets(words: np.ndarray) -> list[int]:
+    """Rows of (n, w) uint64 words as Python-int bitsets."""
+    if words.shape[1] == 1:
+        return words[:, 0].tolist()
+    return [sum(int(x) << (64 * i) for i, x in enumerate(row)) for row in words]
+
+
+#: Lexers up to this many states are built in one numba call (:func:`_small_lexer`).
+SMALL_LEXER_STATES = 1024
+
+
+@njit(cache=True, nogil=True)
+def _small_lexer(cat, cat_acc, sizes, w, max_states):  # pragma: no cover - numba
+    """:func:`_sliced_lexer`'s result in one call, for a lexer of at most ``max_states`` states:
+    ``(True, trans, components, alive_words, accept_words, accept_ptr, accept_terms)``, or
+    ``(False, ...)`` (empty arrays) when it would be larger or two byte columns collide in
+    their hash: the caller then builds it the sliced way. ``cat``: the terminals' tables one
+    after the other (their own state numbers), ``sizes`` their state counts."""
+    k = sizes.shape[0]
+    total = cat.shape[0]
+    offs = np.zeros(k + 1, dtype=np.int64)
+    for i in range(k):
+        offs[i + 1] = offs[i] + sizes[i]
+    term_of = np.empty(total, dtype=np.int64)
+    stacked = np.empty((total, 256), dtype=np.int32)
+    for i in range(k):
+        for s in range(offs[i], offs[i + 1]):
+            term_of[s] = i
+            for b in range(256):
+                t = cat[s, b]
+                stacked[s, b] = t + offs[i] if t >= 0 else -1
+    # byte classes as _byte_classes makes them: by column hash (weights ``w``), in hash order
+    h = np.empty(256, dtype=np.uint64)
+    for b in range(256):
+        acc = np.uint64(0)
+        for s in range(total):
+            acc += (np.uint64(stacked[s, b] + 1)) * w[s]
+        h[b] = acc
+    order = np.argsort(h, kind="mergesort")
+    byte_cls = np.empty(256, dtype=np.int64)
+    first = np.empty(256, dtype=np.int64)
+    n_cls = 0
+    for j in range(256):
+        b = order[j]
+        if j == 0 or h[b] != h[order[j - 1]]:
+            first[n_cls] = b
+            n_cls += 1
+        byte_cls[b] = n_cls - 1
+    table = np.empty((total, n_cls), dtype=np.int32)
+    for s in range(total):
+        for c in range(n_cls):
+            table[s, c] = stacked[s, first[c]]
+    empty2 = np.zeros((0, 0), dtype=np.int32)
+    emptyw = np.zeros((0, 0), dtype=np.uint64)
+    empty1 = np.zeros(0, dtype=np.int64)
+    empty1i = np.zeros(0, dtype=np.int32)
+    for s in range(total):
+        for b in range(256):
+            if stacked[s, b] != table[s, byte_cls[b]]:
+                return False, empty2, empty2, emptyw, emptyw, empty1, empty1i  # collision
+    # the product, breadth-first (the arrays sized for max_states: no growing)
+    cap = max_states + n_cls + 2
+    pool = np.empty(cap * k + k, dtype=np.int32)
+    for i in range(k):
+        pool[i] = offs[i]
+    ptr = np.zeros(cap + 1, dtype=np.int64)
+    ptr[1] = k
+    rows = np.empty((cap, n_cls), dtype=np.int32)
+    hashes = np.zeros(cap, dtype=np.uint64)
+    hsize = 4
+    while hsize < 2 * cap:
+        hsize *= 2
+    htable = np.full(hsize, -1, dtype=np.int32)
+    h0 = np.uint64(1469598103934665603)  # FNV-1a over the members, as _product_slice hashes them
+    for i in range(k):
+        h0 = (h0 ^ np.uint64(offs[i])) * np.uint64(1099511628211)
+    hashes[0] = h0
+    htable[np.int64(h0 & np.uint64(hsize - 1))] = 0
+    counts = np.zeros(3, dtype=np.int64)
+    counts[1] = 1
+    counts[2] = k
+    scratch = np.empty(max(k, 1), dtype=np.int32)
+    status = _product_slice(table, max_states, cap, counts, htable, hashes, pool, ptr, rows,
+                            scratch)
+    if status != _DONE or counts[0] < counts[1]:
+        return False, empty2, empty2, emptyw, emptyw, empty1, empty1i
+    n = counts[1]
+    trans = np.empty((n, 256), dtype=np.int32)
+    for s in range(n):
+        for b in range(256):
+            trans[s, b] = rows[s, byte_cls[b]]
+    n_words = max(1, (k + 63) // 64)
+    components = np.full((n, k), -1, dtype=np.int32)
+    alive_words = np.zeros((n, n_words), dtype=np.uint64)
+    accept_words = np.zeros((n, n_words), dtype=np.uint64)
+    accept_ptr = np.zeros(n + 1, dtype=np.int64)
+    accept = np.zeros((n, k), dtype=np.bool_)
+    for s in range(n):
+        for p in range(ptr[s], ptr[s + 1]):
+            g = pool[p]
+            t = term_of[g]
+            components[s, t] = g - offs[t]
+            alive_words[s, t >> 6] |= np.uint64(1) << np.uint64(t & 63)
+            if cat_acc[g]:
+                accept[s, t] = True
+                accept_words[s, t >> 6] |= np.uint64(1) << np.uint64(t & 63)
+        c = 0
+        for t in range(k):
+            if accept[s, t]:
+                c += 1
+        accept_ptr[s + 1] = accept_ptr[s] + c
+    accept_terms = np.empty(accept_ptr[n], dtype=np.int32)
+    j = 0
+    for s in range(n):
+        for t in range(k):
+            if accept[s, t]:
+                accept_terms[j] = t
+                j += 1
+    return True, trans, components, alive_words, accept_words, accept_ptr, accept_terms
+
+
+def _sliced_lexer(terminals: list[Dfa], *, max_states: int) -> Lexer:
+    """:func:`build_lexer` in slices of 256 states, the deadline checked between them."""
     k = len(terminals)
     sizes = [t.trans.shape[0] for t in terminals]
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)

@@ -136,6 +136,7 @@ def flatten(rules: Rules, roots: Sequence[Node] = ()) -> Program:
         bodies.append(-1)
         if body is not None:
             bodies[-1] = node(body)
+    node = None  # type: ignore[assignment]  # it refers to itself: break the cycle (no garbage)
     return Program(
         kind=np.array(kind, dtype=np.int8),
         f=np.array(fields, dtype=np.int64).reshape(-1, 5),

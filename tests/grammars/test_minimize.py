@@ -103,14 +103,20 @@ def test_the_lexer_product_honours_the_compile_deadline() -> None:
         build_lexer(terminals)
 
 
+@pytest.mark.parametrize("sliced", [False, True], ids=["one-call", "sliced"])
 @pytest.mark.parametrize("seed", range(4))
-def test_the_lexer_runs_every_terminal_at_once(seed: int) -> None:
-    """build_lexer against each terminal's own DFA on every short word: the lexer state's
-    components are the terminals' states (-1 once dead), and its alive and accepting bitsets
-    agree. Enough terminals and states that the tables grow mid-construction."""
+def test_the_lexer_runs_every_terminal_at_once(seed: int, sliced: bool) -> None:
+    """build_lexer (one numba call, and the sliced construction larger lexers take) against
+    each terminal's own DFA on every short word: the lexer state's components are the
+    terminals' states (-1 once dead), and its alive and accepting bitsets agree. Enough
+    terminals and states that the sliced tables grow mid-construction."""
+    import functools
     import itertools
 
-    from grammars.lexer import build_lexer
+    from grammars.lexer import _sliced_lexer, build_lexer
+
+    if sliced:
+        build_lexer = functools.partial(_sliced_lexer, max_states=10_000)
 
     rng = np.random.default_rng(200 + seed)
     terms: list[Dfa] = []
@@ -203,3 +209,40 @@ def test_without_words_takes_out_exactly_the_words(seed: int) -> None:
                 want = a.matches(bytes(word)) and bytes(word) not in words
                 assert (out is not None and out.matches(bytes(word))) == want, (seed, word, words)
         checked += 1
+
+
+@pytest.mark.parametrize("name", ["json", "sql", "arithmetic", "python_expr"])
+def test_the_one_call_lexer_equals_the_sliced_one(name: str) -> None:
+    """build_lexer's one-call path gives the sliced construction's lexer, array for array, on
+    the built-in grammars and on 70 terminals (two words per bitset)."""
+    from grammars import Grammar
+    from grammars.automaton import dfa_of
+    from grammars.cfg import rules_to_cfg
+    from grammars.grammar import builtin_text
+    from grammars.lexer import SMALL_LEXER_STATES, _sliced_lexer, build_lexer
+    from grammars.regex import regex_to_node
+
+    terminals = rules_to_cfg(Grammar.from_lark(builtin_text(name)).rules).terminals
+    if name == "json":
+        terminals = terminals + [dfa_of(regex_to_node(f"k{i}[0-9]*")) for i in range(70)]
+    a, b = build_lexer(terminals), _sliced_lexer(terminals, max_states=10_000)
+    assert a.n_states <= SMALL_LEXER_STATES
+    for f in ("trans", "components", "alive_words", "accept_words", "accept_ptr", "accept_terms"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and np.array_equal(x, y), f
+    assert a.alive == b.alive and a.accepts == b.accepts and a.n_terminals == b.n_terminals
+
+
+def test_lexers_past_the_one_call_size_are_sliced_and_limits_still_raise() -> None:
+    from grammars.automaton import dfa_of
+    from grammars.errors import GrammarTooLargeError
+    from grammars.lexer import SMALL_LEXER_STATES, _sliced_lexer, build_lexer
+    from grammars.regex import regex_to_node
+
+    # terminals counting letters modulo 2, 3, 5, 7 and 11: 2310 lexer states
+    terminals = [dfa_of(regex_to_node(f"([a-z]{{{i}}})+x")) for i in (2, 3, 5, 7, 11)]
+    big = build_lexer(terminals)
+    assert big.n_states > SMALL_LEXER_STATES
+    assert np.array_equal(big.trans, _sliced_lexer(terminals, max_states=10**6).trans)
+    with pytest.raises(GrammarTooLargeError):
+        build_lexer(terminals[:3], max_states=20)
