@@ -535,14 +535,23 @@ class CfgMatcher:
 
     # ---- updates ------------------------------------------------------------------------------
     def accept_token(self, token_id: int) -> bool:
-        if not self.check_token(token_id):
+        g = self._g
+        if self._terminated or token_id not in g._eos and (
+                not 0 <= token_id < len(g.vocab.tokens) or g.vocab.special[token_id]):
+            return False
+        if token_id in g._eos:
+            if not self.is_accepting():
+                return False
+            self._hist = (self._hyps, self._terminated, self._hist)
+            self._terminated = True
+            return True
+        tok = g.vocab.tokens[token_id]
+        hyps = self._after(tok) if tok else ()
+        if not hyps:
             return False
         self._hist = (self._hyps, self._terminated, self._hist)
-        if token_id in self._g._eos:
-            self._terminated = True
-        else:
-            self._hyps = self._after(self._g.vocab.tokens[token_id])
-            self._acc = None
+        self._hyps = hyps
+        self._acc = None
         return True
 
     def accept_bytes(self, data: bytes) -> bool:

@@ -304,6 +304,30 @@ def test_fork_rollback_and_eos(byte_vocab):
     assert not d.accept_token(ord(")")) and not d.is_error()  # rejected, state unchanged
 
 
+def test_accept_token_takes_exactly_the_tokens_check_token_allows(smollm2_vocab):
+    """accept_token (which reads the token once) against check_token on every token id, special
+    and out-of-range ids included, at several points of a SQL query; a refused token leaves the
+    state unchanged and an accepted one leads where accept_bytes does."""
+    c = grammars.compile(Grammar.builtin("sql"), smollm2_vocab)
+    m = c.matcher()
+    ids = range(-2, smollm2_vocab.size + 2)
+    for prefix in (b"", b"SELECT a", b"SELECT a FROM t WHERE x = 'y", b"SELECT a FROM t"):
+        assert m.accept_bytes(prefix) or not prefix
+        allowed = [t for t in ids if m.check_token(t)]
+        assert allowed and smollm2_vocab.special.any()
+        for t in allowed[:: max(1, len(allowed) // 50)] + [ids[0], ids[-1], 0, 1]:
+            f = m.fork()
+            assert f.accept_token(t) == (t in set(allowed))
+            if t in set(allowed) and t not in smollm2_vocab.eos_token_ids:
+                g = m.fork()
+                assert g.accept_bytes(smollm2_vocab.tokens[t])
+                assert f.is_accepting() == g.is_accepting()
+                assert [f.check_token(u) for u in allowed[:200]] == [g.check_token(u) for u in allowed[:200]]
+            elif t not in set(allowed):
+                assert not f.is_error() and [f.check_token(u) for u in allowed[:50]] == [True] * len(allowed[:50])
+        m.reset()
+
+
 def test_gbnf_grammars_and_errors(byte_vocab):
     g = Grammar.from_gbnf(r'''
         # nested lists of digits
