@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from grammars.cfg import Cfg, follow_terminals
-from grammars.compiled import dfa_token_rows, string_loop_states
+from grammars.compiled import dfa_token_rows, plain_tokens, string_loop_states
 from grammars.earley import Column, start_column
 from grammars.errors import GrammarTooLargeError
 from grammars.grammar import Grammar
@@ -597,6 +597,7 @@ def compile_cfg(grammar: Grammar, vocab: Vocabulary, *, max_states: int) -> CfgC
     from grammars.lexer import build_lexer
 
     t0 = time.perf_counter()
+    plain_tokens(vocab)  # per vocabulary, once: at its first compile rather than in a mask
     cfg = rules_to_cfg(grammar.rules, max_states=max_states)
     lexer = build_lexer(cfg.terminals, max_states=max_states)
     start_column(cfg)

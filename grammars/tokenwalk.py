@@ -222,6 +222,18 @@ def walk_token(trans, state, data, offsets, token):
 
 
 @njit(cache=True, nogil=True)
+def walk_tokens(trans, state, data, offsets, out):  # pragma: no cover - numba
+    """``out[t]``: :func:`walk_token` of every token ``t < len(out)`` from ``state``."""
+    for t in range(out.shape[0]):
+        s = state
+        for k in range(offsets[t], offsets[t + 1]):
+            s = trans[s, data[k]]
+            if s < 0:
+                break
+        out[t] = s
+
+
+@njit(cache=True, nogil=True)
 def walk_bytes(trans, state, data):
     """DFA state after ``data`` (uint8 array) from ``state`` (-1 if it dies)."""
     for k in range(data.shape[0]):

@@ -188,9 +188,11 @@ class Vocabulary:
 
     def subtrie(self, keep: np.ndarray) -> TokenTrie:
         """The flat token trie over the non-special, non-empty tokens with ``keep[id]`` set."""
-        items = sorted(
-            (t, i) for i, t in enumerate(self.tokens) if t and not self.special[i] and keep[i]
-        )
+        n = len(self.tokens)
+        ids = np.flatnonzero(np.asarray(keep[:n], dtype=bool)
+                             & ~np.asarray(self.special[:n], dtype=bool)).tolist()
+        tokens = self.tokens
+        items = sorted((tokens[i], i) for i in ids if tokens[i])
         byte: list[int] = [0]
         depth: list[int] = [0]
         end: list[int] = [0]
