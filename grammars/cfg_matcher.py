@@ -112,14 +112,10 @@ class CfgCompiledGrammar:
         n_nodes = len(self.vocab.trie.byte)
         # every terminal's DFA in one table (terminal t's state s is global state offs[t] + s):
         # one trie walk computes the rows of many terminal states at once
-        terms = self.cfg.terminals
-        sizes = [d.trans.shape[0] for d in terms]
+        sizes = [d.trans.shape[0] for d in self.cfg.terminals]
         self._offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
-        self._stacked = np.concatenate(
-            [np.where(d.trans >= 0, d.trans + self._offs[i], -1) for i, d in enumerate(terms)]
-            + [np.zeros((0, 256), dtype=np.int32)]).astype(np.int32)
-        self._stacked_accepting = np.concatenate(
-            [d.accepting for d in terms] + [np.zeros(0, dtype=bool)])
+        self._stacked = self.lexer.stacked
+        self._stacked_accepting = self.lexer.stacked_accepting
         n_term_states = len(self._stacked)
         self._loops: np.ndarray | None = None  # string_loop_states of the table, on first use
         self._term_rows = np.zeros((n_term_states, self.words), dtype=np.uint32)
@@ -138,7 +134,7 @@ class CfgCompiledGrammar:
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._sets_scratch: np.ndarray | None = None
         self._srows: np.ndarray | None = None
-        self._accepts_any = np.array([a != 0 for a in self.lexer.accepts], dtype=np.bool_)
+        self._accepts_any = (self.lexer.accept_words != 0).any(axis=1)
         self._max_subtrees = max(16, SUBTREE_CACHE_BYTES // (4 * self.words))
 
     @property
@@ -363,7 +359,12 @@ class CfgCompiledGrammar:
                 q = ~key
                 lx = self.lexer
                 comp = self._components[q]
-                for t in bit_list(allowed & lx.alive[q]):
+                terms = bit_list(allowed & lx.alive[q])
+                todo = [g for g in (self._offs[t] + comp[t] for t in terms)
+                        if not self._term_done[g]]
+                if len(todo) > 1:  # their rows in one trie walk
+                    self.compute_terminal_rows(np.array(todo, dtype=np.int64))
+                for t in terms:
                     r, ends = self.terminal_piece(t, comp[t])
                     row |= r
                     if ends is not None:

@@ -40,6 +40,10 @@ class Lexer:
     accept_words: np.ndarray = field(repr=False)  # uint64 (n, words): ``accepts`` as words
     accept_ptr: np.ndarray = field(repr=False)  # CSR of ``accepts``: the terminals accepting
     accept_terms: np.ndarray = field(repr=False)  # in state s are terms[ptr[s]:ptr[s + 1]]
+    #: int32 (total terminal states, 256): every terminal's DFA in one table, terminal t's state
+    #: s as global state offs[t] + s (offsets: cumulative state counts in terminal order)
+    stacked: np.ndarray = field(repr=False)
+    stacked_accepting: np.ndarray = field(repr=False)  # bool per global terminal state
 
     @property
     def n_states(self) -> int:
@@ -167,16 +171,17 @@ def build_lexer(terminals: list[Dfa], *, max_states: int = DEFAULT_MAX_STATES) -
     k = len(terminals)
     if k:
         sizes = np.array([t.trans.shape[0] for t in terminals], dtype=np.int64)
-        small = _small_lexer(np.concatenate([t.trans for t in terminals]),
-                             np.concatenate([t.accepting for t in terminals]), sizes,
+        accepting = np.concatenate([t.accepting for t in terminals])
+        small = _small_lexer(np.concatenate([t.trans for t in terminals]), accepting, sizes,
                              hash_weights(int(sizes.sum())).view(np.uint64),
                              min(max_states, SMALL_LEXER_STATES))
         check_deadline()
         if small[0]:
-            _, trans, components, alive_words, accept_words, accept_ptr, accept_terms = small
+            _, trans, components, alive_words, accept_words, accept_ptr, accept_terms, stacked = small
             return Lexer(trans, _word_bitsets(alive_words), _word_bitsets(accept_words), k,
                          components, alive_words=alive_words, accept_words=accept_words,
-                         accept_ptr=accept_ptr, accept_terms=accept_terms)
+                         accept_ptr=accept_ptr, accept_terms=accept_terms, stacked=stacked,
+                         stacked_accepting=accepting)
     return _sliced_lexer(terminals, max_states=max_states)
 
 
@@ -239,7 +244,7 @@ def _small_lexer(cat, cat_acc, sizes, w, max_states):  # pragma: no cover - numb
     for s in range(total):
         for b in range(256):
             if stacked[s, b] != table[s, byte_cls[b]]:
-                return False, empty2, empty2, emptyw, emptyw, empty1, empty1i  # collision
+                return False, empty2, empty2, emptyw, emptyw, empty1, empty1i, empty2  # collision
     # the product, breadth-first (the arrays sized for max_states: no growing)
     cap = max_states + n_cls + 2
     pool = np.empty(cap * k + k, dtype=np.int32)
@@ -265,7 +270,7 @@ def _small_lexer(cat, cat_acc, sizes, w, max_states):  # pragma: no cover - numb
     status = _product_slice(table, max_states, cap, counts, htable, hashes, pool, ptr, rows,
                             scratch)
     if status != _DONE or counts[0] < counts[1]:
-        return False, empty2, empty2, emptyw, emptyw, empty1, empty1i
+        return False, empty2, empty2, emptyw, emptyw, empty1, empty1i, empty2
     n = counts[1]
     trans = np.empty((n, 256), dtype=np.int32)
     for s in range(n):
@@ -298,7 +303,7 @@ def _small_lexer(cat, cat_acc, sizes, w, max_states):  # pragma: no cover - numb
             if accept[s, t]:
                 accept_terms[j] = t
                 j += 1
-    return True, trans, components, alive_words, accept_words, accept_ptr, accept_terms
+    return True, trans, components, alive_words, accept_words, accept_ptr, accept_terms, stacked
 
 
 def _sliced_lexer(terminals: list[Dfa], *, max_states: int) -> Lexer:
@@ -358,7 +363,8 @@ def _sliced_lexer(terminals: list[Dfa], *, max_states: int) -> Lexer:
     return Lexer(trans, _bitsets(alive), _bitsets(accept), k, components,
                  alive_words=_flag_words(alive), accept_words=_flag_words(accept),
                  accept_ptr=accept_ptr,
-                 accept_terms=np.nonzero(accept)[1].astype(np.int32))
+                 accept_terms=np.nonzero(accept)[1].astype(np.int32), stacked=stacked,
+                 stacked_accepting=accepting)
 
 
 def _bitsets(flags: np.ndarray) -> list[int]:

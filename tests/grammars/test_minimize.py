@@ -227,7 +227,8 @@ def test_the_one_call_lexer_equals_the_sliced_one(name: str) -> None:
         terminals = terminals + [dfa_of(regex_to_node(f"k{i}[0-9]*")) for i in range(70)]
     a, b = build_lexer(terminals), _sliced_lexer(terminals, max_states=10_000)
     assert a.n_states <= SMALL_LEXER_STATES
-    for f in ("trans", "components", "alive_words", "accept_words", "accept_ptr", "accept_terms"):
+    for f in ("trans", "components", "alive_words", "accept_words", "accept_ptr", "accept_terms",
+              "stacked", "stacked_accepting"):
         x, y = getattr(a, f), getattr(b, f)
         assert x.dtype == y.dtype and np.array_equal(x, y), f
     assert a.alive == b.alive and a.accepts == b.accepts and a.n_terminals == b.n_terminals
