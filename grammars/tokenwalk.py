@@ -279,16 +279,23 @@ def accepts_inside(trans, accepting, start, tb, tdepth, tend, stack):  # pragma:
     some node that has children (where a lexeme could end inside a token)."""
     total = tb.shape[0]
     stack[0] = start
-    n = 1
-    while n < total:
-        s = trans[stack[tdepth[n] - 1], tb[n]]
-        if s < 0:
-            n = tend[n]
-            continue
-        if accepting[s] and tend[n] > n + 1:
-            return True
-        stack[tdepth[n]] = s
-        n += 1
+    # the nodes one and two bytes deep first: the usual witness is there (a closing quote, or
+    # quote and colon, with tokens going on after it), and preorder may reach it only after
+    # whole large subtrees; then every node
+    for shallow in (True, False):
+        n = 1
+        while n < total:
+            s = trans[stack[tdepth[n] - 1], tb[n]]
+            if s < 0:
+                n = tend[n]
+                continue
+            if accepting[s] and tend[n] > n + 1:
+                return True
+            if shallow and tdepth[n] >= 2:
+                n = tend[n]
+                continue
+            stack[tdepth[n]] = s
+            n += 1
     return False
 
 
