@@ -11,7 +11,9 @@ whitespace spelled out). All on SmolLM2's tokenizer, in one process, one run.
   the grammar files are read once, before any timing).
   Each engine first compiles once untimed (reported as "first compile": what a process pays
   once, e.g. loading our numba kernels from their disk cache), and each timed compile starts
-  after ``gc.collect()``, as the walks do.
+  after ``gc.collect()``, as the walks do. The engines take turns, one compile each per round
+  (and one walk run each per round below), so that a slow spell of a shared machine lands on
+  all of them rather than on one engine's block of runs.
 - walk: one fresh compile, then every corpus string token by token: fill the mask (timed), check
   the string's next token is in it, accept it; at the end EOS must be allowed. Steps are pooled
   (mean, median, p99, max). Caches warm up during the walk (ours: per-terminal token pieces;
@@ -27,7 +29,7 @@ whitespace spelled out). All on SmolLM2's tokenizer, in one process, one run.
 Corpora: JSON, 24 documents drawn at random (seeded; nested objects and arrays, strings, numbers,
 literals), half compact and half indented; SQL, 16 hand-written queries in the subset.
 
-    python -m bench.cfg [--compile-runs 5] [--walk-runs 3] [--engines ours,llguidance,xgrammar]
+    python -m bench.cfg [--compile-runs 15] [--walk-runs 3] [--engines ours,llguidance,xgrammar]
                         [--out-dir bench/results]
 """
 
@@ -254,7 +256,9 @@ def _median_stats(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--compile-runs", type=int, default=5)
+    p.add_argument("--compile-runs", type=int, default=15,
+                   help="timed compiles per engine (a few ms each, +-40%% from one to the next on "
+                        "a shared machine: the median of 15 is steadier than of 5)")
     p.add_argument("--walk-runs", type=int, default=3,
                    help="cold walks, each after a fresh compile (the median of each statistic)")
     p.add_argument("--engines", default=",".join(ENGINES))
@@ -275,31 +279,36 @@ def main(argv: list[str] | None = None) -> int:
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         assert all(vocab.decode(i) == t.encode() for i, t in zip(ids, texts, strict=True))
         results[grammar] = {"strings": len(texts), "tokens": sum(map(len, ids))}
-        for e in engines:
-            compiles = []
-            for _ in range(args.compile_runs + 1):
+        # engines take turns, round by round (compiles, then walk runs), so that a slow spell
+        # of this shared machine falls on every engine alike rather than on one engine's block
+        compiles: dict[str, list[float]] = {e.name: [] for e in engines}
+        for _ in range(args.compile_runs + 1):
+            for e in engines:
                 e.forget()
                 gc.collect()
                 t0 = time.perf_counter()
                 compiled = e.compile(grammar)
                 e.matcher(compiled)
-                compiles.append(time.perf_counter() - t0)
-            first, compiles = compiles[0], compiles[1:]
-            runs = []
-            for _ in range(args.walk_runs):
+                compiles[e.name].append(time.perf_counter() - t0)
+        runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {
+            e.name: [] for e in engines}
+        for _ in range(args.walk_runs):
+            for e in engines:
                 e.forget()
                 compiled = e.compile(grammar)
                 cold = _walk(e, compiled, ids, eos)
                 warm = _walk(e, compiled, ids, eos)
-                runs.append((_stats(cold), _stats(warm)))
+                runs[e.name].append((_stats(cold), _stats(warm)))
+        for e in engines:
+            first, timed = compiles[e.name][0], compiles[e.name][1:]
             results[grammar][e.name] = {
                 "first_compile_ms": 1000 * first,
-                "compile_ms_median": 1000 * statistics.median(compiles),
-                "compile_ms": [1000 * c for c in compiles],
-                "walk": _median_stats([c for c, _ in runs]),
-                "walk_warm": _median_stats([w for _, w in runs]),
-                "walk_runs": [c for c, _ in runs],
-                "walk_warm_runs": [w for _, w in runs],
+                "compile_ms_median": 1000 * statistics.median(timed),
+                "compile_ms": [1000 * c for c in timed],
+                "walk": _median_stats([c for c, _ in runs[e.name]]),
+                "walk_warm": _median_stats([w for _, w in runs[e.name]]),
+                "walk_runs": [c for c, _ in runs[e.name]],
+                "walk_warm_runs": [w for _, w in runs[e.name]],
             }
             w = results[grammar][e.name]
             print(f"{grammar} {e.name}: compile {w['compile_ms_median']:.1f} ms, mask mean "

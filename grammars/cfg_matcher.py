@@ -109,7 +109,6 @@ class CfgCompiledGrammar:
         for e in self.vocab.eos_token_ids:
             self._eos_words[e >> 5] |= np.uint32(1 << (e & 31))
         self._eos = frozenset(self.vocab.eos_token_ids)
-        n_nodes = len(self.vocab.trie.byte)
         # every terminal's DFA in one table (terminal t's state s is global state offs[t] + s):
         # one trie walk computes the rows of many terminal states at once
         sizes = [d.trans.shape[0] for d in self.cfg.terminals]
@@ -126,11 +125,12 @@ class CfgCompiledGrammar:
         self._want: list[int] = []  # per key: the terminals it may be asked for
         self._want_masks: dict[int, tuple] = {}  # per walked set of terminals: its lexer masks
         self._follow = follow_terminals(self.cfg)
-        self._pre = np.empty(len(self.vocab.trie.tok_ids) + 1, dtype=np.int32)
         self._stack = np.empty(self.vocab.trie.max_depth + 1, dtype=np.int32)
-        self._nodes_out = np.empty(n_nodes, dtype=np.int64)
-        self._bnodes = np.empty(1 << 16, dtype=np.int64)
-        self._bstates = np.empty(1 << 16, dtype=np.int32)
+        # the trie walks' scratch (~2 MB), made at the first mask (:meth:`_scratch`): a grammar
+        # only asked check_token (AWRS) never needs it, and compiling does not pay for it
+        self._pre: np.ndarray | None = None
+        self._nodes_out = self._bnodes = self._pre
+        self._bstates = self._pre
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._sets_scratch: np.ndarray | None = None
         self._srows: np.ndarray | None = None
@@ -201,6 +201,7 @@ class CfgCompiledGrammar:
         g = self._offs[t] + s
         ends = self._term_ends[g]
         if ends is False:
+            self._scratch()
             if not self._term_done[g]:
                 self.compute_terminal_rows(np.array([g]))
             ends = None
@@ -220,6 +221,15 @@ class CfgCompiledGrammar:
             self._term_ends[g] = ends
         return self._term_rows[g], ends  # type: ignore[return-value]
 
+    def _scratch(self) -> None:
+        """Make the trie walks' scratch arrays, once."""
+        if self._pre is None:
+            trie = self.vocab.trie
+            self._pre = np.empty(len(trie.tok_ids) + 1, dtype=np.int32)
+            self._nodes_out = np.empty(len(trie.byte), dtype=np.int64)
+            self._bnodes = np.empty(1 << 16, dtype=np.int64)
+            self._bstates = np.empty(1 << 16, dtype=np.int32)
+
     def _new_key(self, nodes: np.ndarray, prune: int | None, want: int) -> int:
         sid = len(self._sets)
         self._sets.append(nodes)
@@ -234,6 +244,7 @@ class CfgCompiledGrammar:
         (:meth:`_node_set`) where a lexeme of it ends with the token going on. A pruned key (from
         :meth:`terminal_piece`) walks only the subtrees with tokens outside its terminal state's
         row (``pre_ready``: ``self._pre`` already counts them)."""
+        self._scratch()
         trie = self.vocab.trie
         lx = self.lexer
         prune = self._prune[key]
@@ -271,6 +282,7 @@ class CfgCompiledGrammar:
         a process pays that once (~10 ms), at its first compile rather than in a mask."""
         if _WARM:
             return
+        self._scratch()
         lx = self.lexer
         trie = self.vocab.trie
         outside_prefix(self._term_rows[0], trie.tok_ids, self._pre)
