@@ -162,7 +162,7 @@ class Column:
       set of predicted nonterminals, :class:`_Predicted`).
     """
 
-    __slots__ = ("__weakref__", "_completions", "_core", "_none", "_pops", "_scans", "_sigs",
+    __slots__ = ("__weakref__", "_completions", "_core", "_groups", "_none", "_pops", "_scans", "_sigs",
                  "accepting", "expected", "g", "index", "predicted", "waiting")
 
     def __init__(self, g: Cfg, index: int) -> None:
@@ -177,6 +177,7 @@ class Column:
         self._pops: dict[int, frozenset[int]] | None = None
         self._core: tuple | None = None
         self._sigs: list | None = None
+        self._groups: list[tuple[Column, int]] | None = None
         self._completions: dict[int, tuple] | None = None
 
     def __repr__(self) -> str:
@@ -209,21 +210,42 @@ class Column:
             if d == 0:
                 key: tuple = self.core()
             else:
-                # items share few origins: each origin's signature is looked up once
-                of: dict[int, int] = {}
-                items = []
-                for lst in self.waiting.values():
-                    for p, dot, o in lst:
-                        osig = of.get(id(o))
-                        if osig is None:
-                            osig = of[id(o)] = o.signature(d - 1)
-                        items.append((p, dot, osig))
-                key = (id(self.predicted), frozenset(items))
+                # per origin, its items' (production, dot) set (interned) with the origin's
+                # signature: finer than the set of (production, dot, origin signature) triples
+                # (two origins of equal signature stay apart), so equal keys still mean equal
+                # such sets, and a pass costs the few origins, not the many items
+                # ("o" keeps these keys apart from the cores': their pairs are ids, not items)
+                key = (id(self.predicted), "o", frozenset(
+                    [(ps, o.signature(d - 1)) for o, ps in self.origin_groups()]))
             sid = table.get(key)
             if sid is None:
                 sid = table[key] = len(table)
             sigs.append(sid)
         return sigs[depth]
+
+    def origin_groups(self) -> list[tuple[Column, int]]:
+        """The distinct origins of the waiting items, each with the id (interned per grammar) of
+        the set of its items' ``(production, dot)`` (memoized; the column is complete)."""
+        groups = self._groups
+        if groups is None:
+            by: dict[int, tuple[Column, set[tuple[int, int]]]] = {}
+            for lst in self.waiting.values():
+                for p, dot, o in lst:
+                    hit = by.get(id(o))
+                    if hit is None:
+                        by[id(o)] = (o, {(p, dot)})
+                    else:
+                        hit[1].add((p, dot))
+            table = self.g._earley_signatures  # type: ignore[attr-defined]
+            groups = []
+            for o, pds in by.values():
+                k = ("items", frozenset(pds))
+                ps = table.get(k)
+                if ps is None:
+                    ps = table[k] = len(table)
+                groups.append((o, ps))
+            self._groups = groups
+        return groups
 
     def ancestors(self, depth: int) -> set[int]:
         """The ids of the columns reachable through 1 to ``depth`` origin links (not the column
@@ -233,11 +255,10 @@ class Column:
         for _ in range(depth):
             nxt = []
             for c in frontier:
-                for lst in c.waiting.values():
-                    for _, _, o in lst:
-                        if id(o) not in out:
-                            out.add(id(o))
-                            nxt.append(o)
+                for o, _ in c.origin_groups():
+                    if id(o) not in out:
+                        out.add(id(o))
+                        nxt.append(o)
             if not nxt:
                 break
             frontier = nxt
@@ -257,13 +278,12 @@ class Column:
                 return limit + 1
             nxt = []
             for c in frontier:
-                for lst in c.waiting.values():
-                    for _, _, o in lst:
-                        i = id(o)
-                        if i not in seen:
-                            seen.add(i)
-                            todo.discard(i)
-                            nxt.append(o)
+                for o, _ in c.origin_groups():
+                    i = id(o)
+                    if i not in seen:
+                        seen.add(i)
+                        todo.discard(i)
+                        nxt.append(o)
             if not nxt:
                 return limit + 1
             frontier = nxt
