@@ -343,7 +343,7 @@ def warm_kernels() -> None:
     """Compile every numba kernel that compiling a grammar and filling its masks use (or load them
     from numba's on-disk cache), once per process, by compiling a small regular grammar and a
     small context-free one over the byte vocabulary with no time limit and filling their first
-    masks. On a fresh checkout this takes ~20 s of JIT compilation, which must neither count
+    masks. On a fresh checkout this takes ~25 s of JIT compilation, which must neither count
     against a grammar's time limit (it once pushed a small JSON Schema past it, onto its
     fallback) nor show up as that grammar's compile time; with numba's cache it takes ~0.6 s.
     Threads that compile at once wait for the first one's warm-up."""
