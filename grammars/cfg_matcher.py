@@ -129,8 +129,9 @@ class CfgCompiledGrammar:
         # the trie walks' scratch (~2 MB), made at the first mask (:meth:`_scratch`): a grammar
         # only asked check_token (AWRS) never needs it, and compiling does not pay for it
         self._pre: np.ndarray | None = None
-        self._nodes_out = self._bnodes = self._pre
-        self._bstates = self._pre
+        self._nodes_out: np.ndarray | None = None
+        self._bnodes: np.ndarray | None = None
+        self._bstates: np.ndarray | None = None
         self._empty = np.zeros(self.words, dtype=np.uint32)
         self._sets_scratch: np.ndarray | None = None
         self._srows: np.ndarray | None = None
@@ -520,16 +521,21 @@ class CfgMatcher:
                 break
         return hyps
 
+    def _after_token(self, token_id: int) -> tuple[Hyp, ...]:
+        """The hypotheses after a text token's bytes; ``()`` when it is refused (dead, empty,
+        special or out of range). EOS is not a text token: the callers handle it first."""
+        g = self._g
+        if not 0 <= token_id < len(g.vocab.tokens) or g.vocab.special[token_id]:
+            return ()
+        tok = g.vocab.tokens[token_id]
+        return self._after(tok) if tok else ()
+
     def check_token(self, token_id: int) -> bool:
         if self._terminated:
             return False
-        g = self._g
-        if token_id in g._eos:
+        if token_id in self._g._eos:
             return self.is_accepting()
-        if not 0 <= token_id < len(g.vocab.tokens) or g.vocab.special[token_id]:
-            return False
-        tok = g.vocab.tokens[token_id]
-        return bool(tok) and bool(self._after(tok))
+        return bool(self._after_token(token_id))
 
     def fill_next_token_bitmask(self, bitmask: Any, row: int = 0) -> None:
         g = self._g
@@ -548,18 +554,15 @@ class CfgMatcher:
 
     # ---- updates ------------------------------------------------------------------------------
     def accept_token(self, token_id: int) -> bool:
-        g = self._g
-        if self._terminated or token_id not in g._eos and (
-                not 0 <= token_id < len(g.vocab.tokens) or g.vocab.special[token_id]):
+        if self._terminated:
             return False
-        if token_id in g._eos:
+        if token_id in self._g._eos:
             if not self.is_accepting():
                 return False
             self._hist = (self._hyps, self._terminated, self._hist)
             self._terminated = True
             return True
-        tok = g.vocab.tokens[token_id]
-        hyps = self._after(tok) if tok else ()
+        hyps = self._after_token(token_id)  # read once: not check_token's walk and then again
         if not hyps:
             return False
         self._hist = (self._hyps, self._terminated, self._hist)

@@ -199,7 +199,8 @@ SMALL_LEXER_STATES = 1024
 @njit(cache=True, nogil=True)
 def _small_lexer(cat, cat_acc, sizes, w, max_states):  # pragma: no cover - numba
     """:func:`_sliced_lexer`'s result in one call, for a lexer of at most ``max_states`` states:
-    ``(True, trans, components, alive_words, accept_words, accept_ptr, accept_terms)``, or
+    ``(True, trans, components, alive_words, accept_words, accept_ptr, accept_terms, stacked)``
+    (``stacked``: the terminals' tables in one, global state numbers), or
     ``(False, ...)`` (empty arrays) when it would be larger or two byte columns collide in
     their hash: the caller then builds it the sliced way. ``cat``: the terminals' tables one
     after the other (their own state numbers), ``sizes`` their state counts."""
